@@ -1,0 +1,83 @@
+"""The offline TTS backend: eSpeak NG prosody plus DSP effects, driven by `spec/prosody.json`.
+
+`render(sentence, lang, emotion, intensity, voice=None, jitter_seed=None)` returns 16 kHz mono float32 samples.
+Without a jitter seed every prosody value is the midpoint of its range (the seed set); with one, each value is
+drawn uniformly from its range and the voice may be any variant (training data for the organism).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from stimuli import effects, espeak
+from stimuli.spec import SPEC_DIR, check_emotion, check_lang
+
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class Prosody:
+    """One draw of every prosody and effect parameter (units as in `spec/prosody.json`)."""
+
+    pitch: float
+    range: float
+    rate: float
+    gain_db: float
+    pauses: float
+    pause_ms: float
+    tremolo_hz: float
+    tremolo_depth: float
+    vibrato_cents: float
+    breath: float
+    drive: float
+
+
+@lru_cache(maxsize=None)
+def _prosody_spec() -> dict:
+    return json.loads((SPEC_DIR / "prosody.json").read_text(encoding="utf-8"))
+
+
+def style_key(emotion: str, intensity: str) -> str:
+    emotion = check_emotion(emotion)
+    return f"{emotion}/normal" if emotion == "neutral" else f"{emotion}/{intensity}"
+
+
+def voices(lang: str) -> list[str]:
+    return list(_prosody_spec()["voices"][check_lang(lang)]["variants"])
+
+
+def draw_prosody(emotion: str, intensity: str, rng: np.random.Generator | None) -> Prosody:
+    """Midpoints of the style's ranges when `rng` is None, else a uniform draw inside them."""
+    ranges = _prosody_spec()["styles"][style_key(emotion, intensity)]
+    values = {
+        name: (lo + hi) / 2 if rng is None else float(rng.uniform(lo, hi)) for name, (lo, hi) in ranges.items()
+    }
+    return Prosody(**values)
+
+
+def render(sentence: str, lang: str, emotion: str, intensity: str, voice: str | None = None,
+           jitter_seed: int | None = None) -> np.ndarray:
+    """Speak `sentence` in the style of (emotion, intensity); 16 kHz mono float32 in [-1, 1]."""
+    rng = None if jitter_seed is None else np.random.default_rng(jitter_seed)
+    prosody = draw_prosody(emotion, intensity, rng)
+    voice = voice or _prosody_spec()["voices"][check_lang(lang)]["seed"]
+    effect_rng = rng if rng is not None else np.random.default_rng(0)
+    n_words = max(1, len(sentence.split(" ")) if " " in sentence.strip() else len(sentence))
+    n_pauses = int(round(prosody.pauses))
+    pause_after = sorted(effect_rng.choice(max(1, n_words - 1), size=min(n_pauses, max(1, n_words - 1)),
+                                           replace=False).tolist()) if n_pauses else []
+    raw = espeak.synthesize(sentence, voice, prosody.pitch, prosody.range, prosody.rate, pause_after,
+                            int(prosody.pause_ms))
+    sr = espeak.sample_rate()
+    x = effects.normalize_peak(raw)
+    x = effects.vibrato(x, sr, prosody.vibrato_cents, effect_rng)
+    x = effects.tremolo(x, sr, prosody.tremolo_hz, prosody.tremolo_depth)
+    x = effects.soft_clip(x, prosody.drive)
+    x = effects.normalize_peak(x)
+    x = effects.breathiness(x, sr, prosody.breath, effect_rng)
+    x = effects.gain(x, prosody.gain_db)
+    x = effects.resample(x, sr, SAMPLE_RATE)
+    return np.clip(x, -0.99, 0.99).astype(np.float32)
