@@ -1,0 +1,45 @@
+"""What a model family is made of: module paths (abstract name -> attribute path) and small rules for audio tokens."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """A family adapter: data first, a couple of functions where the families really differ."""
+
+    name: str
+    model_types: tuple[str, ...]  # config.model_type values it serves
+    model_class: str  # transformers class name to load
+    paths: dict[str, str]  # "layers" | "norm" | "lm_head" | "embed" -> dotted attribute path from the model
+    audio_token_attr: str  # config attribute holding the audio placeholder token id
+    features_key: str  # forward kwarg of the log-mel features
+    feature_mask_key: str  # forward kwarg of the feature attention mask
+    audio_token_count: Callable[[torch.Tensor], torch.Tensor]  # feature mask (B, frames) -> audio tokens per clip
+    expand_audio: Callable[[str, int, object], str]  # (rendered chat, n tokens, processor) -> expanded text
+    notes: str = ""
+
+
+def resolve(root: torch.nn.Module, path: str):
+    """Follow a dotted attribute path such as 'model.language_model.layers'."""
+    node = root
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def whisper_pooled_tokens(feature_mask: torch.Tensor) -> torch.Tensor:
+    """Audio tokens of a Whisper encoder with conv stride 2 and an average pool of 2: ((L-1)//2+1-2)//2+1."""
+    lengths = feature_mask.sum(-1)
+    return ((lengths - 1) // 2 + 1 - 2) // 2 + 1
+
+
+def repeat_placeholder(text: str, n: int, processor) -> str:
+    """Replace the single audio placeholder with n copies of it (what the processor does)."""
+    token = processor.audio_token
+    if text.count(token) != 1:
+        raise ValueError(f"expected one {token} in the rendered chat, found {text.count(token)}")
+    return text.replace(token, token * n)

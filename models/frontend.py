@@ -1,0 +1,61 @@
+"""A differentiable, batched waveform -> input-features front end that matches the HF Whisper feature extractor.
+
+`WhisperFeatureExtractor` goes through numpy and returns numpy, so no gradient reaches the waveform. This is the
+same computation in pure torch: pad with zeros to the model's window (`extractor.n_samples`), STFT (Hann window,
+`n_fft`, `hop_length`), power spectrum without the last frame, the extractor's own mel filters, log10 with the
+per-clip `max - 8` floor, then `(x + 4) / 4`. The feature attention mask marks the frames of real audio, exactly
+as the processor does. Clips longer than the window are an error (the HF processor would silently truncate).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from common.errors import ModalflipError
+
+
+def log_mel(
+    waveforms: Sequence[torch.Tensor] | torch.Tensor, extractor, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whisper log-mel features of 16 kHz mono waveforms in [-1, 1].
+
+    Returns `(input_features, feature_attention_mask)`: features (batch, n_mels, n_frames) in float32 and the mask
+    (batch, n_frames) as int64, n_frames = window samples // hop. Gradients flow to the waveforms.
+    """
+    if isinstance(waveforms, torch.Tensor):
+        if waveforms.dim() == 1:
+            waveforms = waveforms.unsqueeze(0)
+        if waveforms.dim() != 2:
+            raise ModalflipError(f"waveforms must be 1-D clips or a 2-D batch, got shape {tuple(waveforms.shape)}")
+        waveforms = list(waveforms)
+    if len(waveforms) == 0:
+        raise ModalflipError("no waveforms given")
+    if getattr(extractor, "dither", 0.0):
+        raise ModalflipError("the feature extractor adds dither noise; set extractor.dither = 0.0 for a deterministic attack")
+    n_samples, hop, n_fft = int(extractor.n_samples), int(extractor.hop_length), int(extractor.n_fft)
+    device = torch.device(device) if device is not None else waveforms[0].device
+    rows, masks = [], []
+    for index, wave in enumerate(waveforms):
+        if wave.dim() != 1:
+            raise ModalflipError(f"clip {index} is not mono 1-D audio (shape {tuple(wave.shape)})")
+        length = wave.shape[0]
+        if length > n_samples:
+            raise ModalflipError(
+                f"clip {index} lasts {length / extractor.sampling_rate:.2f} s, longer than the model's "
+                f"{n_samples / extractor.sampling_rate:.0f} s audio window; trim it first"
+            )
+        rows.append(torch.nn.functional.pad(wave.to(device, torch.float32), (0, n_samples - length)))
+        mask = torch.zeros(n_samples, dtype=torch.long, device=device)
+        mask[:length] = 1
+        masks.append(mask[::hop][: n_samples // hop])
+    batch = torch.stack(rows)
+    window = torch.hann_window(n_fft, device=device)
+    stft = torch.stft(batch, n_fft, hop, window=window, return_complex=True)
+    power = stft[..., :-1].abs() ** 2  # (batch, n_fft//2+1, frames)
+    filters = torch.as_tensor(extractor.mel_filters, dtype=torch.float32, device=device)
+    mel = filters.T @ power
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    floor = log_spec.amax(dim=(1, 2), keepdim=True) - 8.0
+    log_spec = torch.maximum(log_spec, floor)
+    return (log_spec + 4.0) / 4.0, torch.stack(masks)

@@ -1,0 +1,106 @@
+"""`load_model(name_or_path)`: the organism, a local checkpoint folder or a hub id from the local cache.
+
+Weights load from safetensors only and `trust_remote_code=False` unless asked. bf16 on GPU and fp32 on CPU by
+default. After loading, a real checkpoint checks itself on one short dummy item (the lens at the last layer equals
+the logits, the audio span decodes to the audio placeholder) and stops with a clear message if it does not.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import transformers
+
+from common.errors import ModalflipError
+from models.adapter import ModelAdapter, Prompt
+from models.registry import FAMILIES, UNSUPPORTED
+
+ORGANISM_DIR = Path(__file__).parent / "organism" / "model"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ModalflipError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModalflipError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ModalflipError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def load_model(name_or_path: str = "organism", device: str = "auto", dtype: str = "auto",
+               trust_remote_code: bool = False, self_check: bool = True) -> ModelAdapter:
+    """Load a model and wrap it in its family's adapter (see module docstring)."""
+    source = str(ORGANISM_DIR) if name_or_path == "organism" else name_or_path
+    if name_or_path == "organism" and not (ORGANISM_DIR / "config.json").exists():
+        raise ModalflipError("the organism's weights are missing from models/organism/model; "
+                             "rebuild them with: python -m models.organism.train")
+    if Path(source).exists() and not (Path(source) / "config.json").exists():
+        raise ModalflipError(f"{source} has no config.json: not a Hugging Face checkpoint folder")
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModalflipError(f"cannot load model {name_or_path!r}: not a local checkpoint folder and not in the "
+                             f"local hub cache ({str(err).splitlines()[0]})") from None
+    model_type = getattr(config, "model_type", "?")
+    if model_type not in FAMILIES:
+        why = UNSUPPORTED.get(model_type, "no adapter for this architecture")
+        raise ModalflipError(f"model type {model_type!r} is not supported: {why}; supported: "
+                             f"{', '.join(sorted(FAMILIES))}")
+    family = FAMILIES[model_type]
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    model_class = getattr(transformers, family.model_class)
+    model = model_class.from_pretrained(source, dtype=torch_dtype, use_safetensors=True,
+                                        trust_remote_code=trust_remote_code).to(torch_device).eval()
+    processor = transformers.AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    adapter = ModelAdapter(model, processor, family, model_id=name_or_path)
+    if self_check:
+        check_adapter(adapter)
+    return adapter
+
+
+def config_hash(adapter: ModelAdapter) -> str:
+    """A short hash of the model's config (architecture and sizes): ties every result to the model it came from."""
+    text = json.dumps(adapter.model.config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_adapter(adapter: ModelAdapter) -> None:
+    """The load-time self-check on one 1 s dummy item; a `ModalflipError` naming the family and transformers
+    version when the lens at the last layer differs from the logits or the audio span is not the placeholder."""
+    from models.forward import lens, run_traced  # forward imports adapter; keep loading importable alone
+
+    prompt = Prompt(messages=[{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Hello."}]}],
+                    instruction="Hello.")
+    wave = 0.1 * torch.sin(torch.linspace(0, 2000, adapter.sampling_rate))
+    with torch.no_grad():
+        batch = adapter.build_batch([wave], [prompt])
+        trace = run_traced(adapter, batch)
+        answer = batch.spans[0].answer
+        from_lens = lens(adapter, trace.resid[-1][0, answer]).float()
+        from_model = trace.logits[0, answer].float()
+    where = f"{adapter.family.name} with transformers {transformers.__version__}"
+    tolerance = 1e-3 if adapter.dtype == torch.float32 else 0.1 * from_model.abs().max().item() + 0.5
+    if not torch.allclose(from_lens, from_model, atol=tolerance):
+        raise ModalflipError(f"self-check failed for {where}: the logit lens at the last layer differs from the "
+                             f"model's logits by {(from_lens - from_model).abs().max().item():.4g}; "
+                             "the adapter's module paths do not fit this checkpoint")
+    span = batch.spans[0].audio
+    ids = batch.inputs["input_ids"][0, span]
+    if not bool((ids == adapter.audio_token_id).all()) or span.stop - span.start < 1:
+        raise ModalflipError(f"self-check failed for {where}: the audio span does not decode to the audio placeholder")
