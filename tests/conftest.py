@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random-weight models of the real transformers classes (no downloads) and the organism."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(int(os.environ.get("MODALFLIP_TEST_THREADS", "1")))
+
+
+def tiny_qwen2_audio(n_layers: int = 4, seed: int = 0):
+    """A random Qwen2AudioForConditionalGeneration with the organism's tokenizer and processor, wrapped in its
+    adapter: 4 decoder layers of width 32, a 1-layer encoder of width 32, the organism's 6 s window."""
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    from models.adapter import ModelAdapter
+    from models.families.qwen2_audio import FAMILY
+    from models.organism import build
+
+    processor = build.build_processor()
+    tokenizer = processor.tokenizer
+    config = Qwen2AudioConfig(
+        audio_config=dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                          d_model=32, max_source_positions=build.WINDOW_SECONDS * 50),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id),
+        audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2AudioForConditionalGeneration(config).eval()
+    return ModelAdapter(model, processor, FAMILY, model_id=f"tiny-qwen2-audio-{n_layers}")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter():
+    return tiny_qwen2_audio()
+
+
+@pytest.fixture(scope="session")
+def organism():
+    from models.loading import load_model
+
+    return load_model("organism", device="cpu")
