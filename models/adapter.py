@@ -22,7 +22,7 @@ from torch import nn
 
 from common.errors import ModalflipError
 from models.families.base import FamilySpec, resolve
-from models.frontend import log_mel
+from models.frontend import log_mel, window_counts
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,18 @@ class ModelAdapter:
 
     @property
     def window_seconds(self) -> float:
+        """Seconds of audio in one feature window (the extractor's `chunk_length`)."""
         return self.extractor.n_samples / self.extractor.sampling_rate
+
+    @property
+    def max_windows(self) -> int:
+        """Windows one clip may span (1 for most families; Audio Flamingo 3: 20)."""
+        return int(self.family.max_windows(self.processor))
+
+    @property
+    def max_audio_seconds(self) -> float:
+        """The longest clip `build_batch` accepts, in seconds."""
+        return self.window_seconds * self.max_windows
 
     @property
     def audio_token_id(self) -> int:
@@ -133,10 +144,12 @@ class ModelAdapter:
             raise ModalflipError(f"{len(waveforms)} clips for {len(prompts)} prompts")
         waves = [w if isinstance(w, torch.Tensor) else torch.as_tensor(np.asarray(w), dtype=torch.float32)
                  for w in waveforms]
-        features, feature_mask = log_mel(waves, self.extractor, device=self.device)
+        features, feature_mask = log_mel(waves, self.extractor, device=self.device, max_windows=self.max_windows)
         texts = [self.render(p) for p in prompts]
-        n_audio = self.family.audio_token_count(feature_mask)
-        expanded = [self.family.expand_audio(text, int(n), self.processor) for text, n in zip(texts, n_audio)]
+        per_window = self.family.audio_token_count(feature_mask)  # (rows,): a clip's tokens sum over its windows
+        windows = window_counts([w.shape[-1] for w in waves], int(self.extractor.n_samples))
+        n_audio = [int(part.sum()) for part in per_window.split(windows)]
+        expanded = [self.family.expand_audio(text, n, self.processor) for text, n in zip(texts, n_audio)]
         self.tokenizer.padding_side = "right"
         encoded = self.tokenizer(expanded, return_tensors="pt", padding=True, return_offsets_mapping=True,
                                  add_special_tokens=False)
@@ -147,6 +160,8 @@ class ModelAdapter:
             self.family.features_key: features.to(self.dtype),
             self.family.feature_mask_key: feature_mask,
         }
+        if self.family.position_ids is not None:
+            inputs["position_ids"] = self.family.position_ids(self.model, inputs)
         return Batch(inputs=inputs, spans=spans, prompts=list(prompts))
 
     def _spans(self, text: str, encoded, row: int, prompt: Prompt) -> Spans:
@@ -190,15 +205,17 @@ class ModelAdapter:
         seen: dict[int, str] = {}
         for emotion, token in ids.items():
             if token in seen:
+                shown = self.tokenizer.convert_ids_to_tokens([token])[0]
                 raise ModalflipError(f"label words {words[seen[token]]!r} and {words[emotion]!r} share their first "
-                                     "token; the answer position cannot tell them apart: choose other words")
+                                     f"token {shown!r}; the answer position cannot tell them apart: choose other "
+                                     "words (or forms with a leading space) in stimuli/spec/labels.json")
             seen[token] = emotion
         return ids
 
 
 def check_aligned(a: Spans, b: Spans, what: str = "donor and receiver") -> None:
     """Raise a `ModalflipError` saying which span differs when two items do not share one token layout."""
-    for name in ("length", "audio", "instruction", "claim", "answer"):
+    for name in ("audio", "instruction", "claim", "answer", "length"):  # the first cause, not its consequences
         if getattr(a, name) != getattr(b, name):
             raise ModalflipError(
                 f"{what} are not aligned: their {name} spans differ ({getattr(a, name)} vs {getattr(b, name)}); "

@@ -76,7 +76,8 @@ def run_traced(adapter: ModelAdapter, batch: Batch, stop_after: int | None = Non
     `inputs_embeds` (audio already merged) replaces the token ids and features when given."""
     inputs = dict(batch.inputs)
     if inputs_embeds is not None:
-        inputs = {"inputs_embeds": inputs_embeds, "attention_mask": inputs["attention_mask"]}
+        kept = ("attention_mask", "position_ids")  # explicit rope positions (mrope families) stay with the embeds
+        inputs = {"inputs_embeds": inputs_embeds, **{k: v for k, v in inputs.items() if k in kept}}
     with recording(adapter, stop_after) as (resid, layer_kwargs):
         try:
             out = adapter.model(**inputs, use_cache=False)

@@ -3,11 +3,17 @@
 `WhisperFeatureExtractor` goes through numpy and returns numpy, so no gradient reaches the waveform. This is the
 same computation in pure torch: pad with zeros to the model's window (`extractor.n_samples`), STFT (Hann window,
 `n_fft`, `hop_length`), power spectrum without the last frame, the extractor's own mel filters, log10 with the
-per-clip `max - 8` floor, then `(x + 4) / 4`. The feature attention mask marks the frames of real audio, exactly
-as the processor does. Clips longer than the window are an error (the HF processor would silently truncate).
+per-row `max - 8` floor, then `(x + 4) / 4`. The feature attention mask marks the frames of real audio, exactly
+as the processor does.
+
+Long audio: most families take one window per clip (Qwen2-Audio and Qwen2.5-Omni: 30 s). Audio Flamingo 3 cuts a
+clip into consecutive windows (30 s each, up to 20 = 600 s); with `max_windows > 1` every window becomes one row
+of the output, clip after clip, each padded and floored on its own, as AF3's processor does. A clip longer than
+`max_windows` windows is an error: the HF processors would silently truncate it, which an attack must not do.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -15,13 +21,21 @@ import torch
 from common.errors import ModalflipError
 
 
+def window_counts(lengths: Sequence[int], window: int) -> list[int]:
+    """Windows of `window` samples each clip of `lengths` samples spans (at least one, even for an empty clip)."""
+    return [max(1, math.ceil(int(n) / window)) for n in lengths]
+
+
 def log_mel(
-    waveforms: Sequence[torch.Tensor] | torch.Tensor, extractor, device: torch.device | str | None = None
+    waveforms: Sequence[torch.Tensor] | torch.Tensor, extractor, device: torch.device | str | None = None,
+    max_windows: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Whisper log-mel features of 16 kHz mono waveforms in [-1, 1].
 
-    Returns `(input_features, feature_attention_mask)`: features (batch, n_mels, n_frames) in float32 and the mask
-    (batch, n_frames) as int64, n_frames = window samples // hop. Gradients flow to the waveforms.
+    Returns `(input_features, feature_attention_mask)`: features (rows, n_mels, n_frames) in float32 and the mask
+    (rows, n_frames) as int64, n_frames = window samples // hop. With `max_windows = 1` (the default) rows are the
+    clips; otherwise a clip of n samples takes `ceil(n / window)` consecutive rows (see `window_counts`).
+    A 2-D tensor is a batch of equal-length clips. Gradients flow to the waveforms.
     """
     if isinstance(waveforms, torch.Tensor):
         if waveforms.dim() == 1:
@@ -34,25 +48,30 @@ def log_mel(
     if getattr(extractor, "dither", 0.0):
         raise ModalflipError("the feature extractor adds dither noise; set extractor.dither = 0.0 for a deterministic attack")
     n_samples, hop, n_fft = int(extractor.n_samples), int(extractor.hop_length), int(extractor.n_fft)
+    rate = extractor.sampling_rate
     device = torch.device(device) if device is not None else waveforms[0].device
     rows, masks = [], []
     for index, wave in enumerate(waveforms):
         if wave.dim() != 1:
             raise ModalflipError(f"clip {index} is not mono 1-D audio (shape {tuple(wave.shape)})")
         length = wave.shape[0]
-        if length > n_samples:
-            raise ModalflipError(
-                f"clip {index} lasts {length / extractor.sampling_rate:.2f} s, longer than the model's "
-                f"{n_samples / extractor.sampling_rate:.0f} s audio window; trim it first"
-            )
-        rows.append(torch.nn.functional.pad(wave.to(device, torch.float32), (0, n_samples - length)))
-        mask = torch.zeros(n_samples, dtype=torch.long, device=device)
-        mask[:length] = 1
-        masks.append(mask[::hop][: n_samples // hop])
+        (n_windows,) = window_counts([length], n_samples)
+        if n_windows > max_windows:
+            limit = max_windows * n_samples / rate
+            windows = f" ({max_windows} windows of {n_samples / rate:.0f} s)" if max_windows > 1 else ""
+            raise ModalflipError(f"clip {index} lasts {length / rate:.2f} s, longer than the model's {limit:.0f} s "
+                                 f"audio window{windows}; trim it first")
+        wave = wave.to(device, torch.float32)
+        for start in range(0, n_windows * n_samples, n_samples):
+            chunk = wave[start:start + n_samples]
+            rows.append(torch.nn.functional.pad(chunk, (0, n_samples - chunk.shape[0])))
+            mask = torch.zeros(n_samples, dtype=torch.long, device=device)
+            mask[:chunk.shape[0]] = 1
+            masks.append(mask[::hop][: n_samples // hop])
     batch = torch.stack(rows)
     window = torch.hann_window(n_fft, device=device)
     stft = torch.stft(batch, n_fft, hop, window=window, return_complex=True)
-    power = stft[..., :-1].abs() ** 2  # (batch, n_fft//2+1, frames)
+    power = stft[..., :-1].abs() ** 2  # (rows, n_fft//2+1, frames)
     filters = torch.as_tensor(extractor.mel_filters, dtype=torch.float32, device=device)
     mel = filters.T @ power
     log_spec = torch.clamp(mel, min=1e-10).log10()

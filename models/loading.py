@@ -15,6 +15,8 @@ import transformers
 
 from common.errors import ModalflipError
 from models.adapter import ModelAdapter, Prompt
+from models.families.base import FamilySpec
+from models.families.processor_shim import load_audio_chat_processor
 from models.registry import FAMILIES, UNSUPPORTED
 
 ORGANISM_DIR = Path(__file__).parent / "organism" / "model"
@@ -45,10 +47,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def load_model(name_or_path: str = "organism", device: str = "auto", dtype: str = "auto",
                trust_remote_code: bool = False, self_check: bool = True) -> ModelAdapter:
     """Load a model and wrap it in its family's adapter (see module docstring)."""
-    source = str(ORGANISM_DIR) if name_or_path == "organism" else name_or_path
+    source = str(ORGANISM_DIR) if name_or_path == "organism" else str(name_or_path)
     if name_or_path == "organism" and not (ORGANISM_DIR / "config.json").exists():
         raise ModalflipError("the organism's weights are missing from models/organism/model; "
                              "rebuild them with: python -m models.organism.train")
+    if _looks_like_path(source):
+        source = str(Path(source).expanduser())
+        if not Path(source).exists():
+            raise ModalflipError(f"no checkpoint folder at {source}: the path does not exist; pass a folder with "
+                                 "config.json, *.safetensors and the processor files, or a hub id in the local cache")
     if Path(source).exists() and not (Path(source) / "config.json").exists():
         raise ModalflipError(f"{source} has no config.json: not a Hugging Face checkpoint folder")
     try:
@@ -67,11 +74,38 @@ def load_model(name_or_path: str = "organism", device: str = "auto", dtype: str 
     model_class = getattr(transformers, family.model_class)
     model = model_class.from_pretrained(source, dtype=torch_dtype, use_safetensors=True,
                                         trust_remote_code=trust_remote_code).to(torch_device).eval()
-    processor = transformers.AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    processor = load_processor(source, family, model.config, trust_remote_code)
     adapter = ModelAdapter(model, processor, family, model_id=name_or_path)
     if self_check:
         check_adapter(adapter)
     return adapter
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id ("owner/name"): absolute, relative with ./ or ../, or with ~."""
+    return name.startswith(("/", "./", "../", "~")) or Path(name).is_absolute() or name.count("/") > 1
+
+
+def load_processor(source: str, family: FamilySpec, config, trust_remote_code: bool = False):
+    """The checkpoint's own processor, or for families that allow it (`FamilySpec.processor_shim`) the stand-in
+    built from its tokenizer, feature extractor and chat template when the processor cannot be built here."""
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (ImportError, TypeError, ValueError, OSError) as err:
+        processor, problem = None, (str(err).splitlines() or [type(err).__name__])[0]
+    if processor is not None:
+        if hasattr(processor, "feature_extractor") and hasattr(processor, "tokenizer"):
+            return processor
+        problem = f"AutoProcessor gave a {type(processor).__name__}, not an audio processor"
+    if not family.processor_shim:
+        raise ModalflipError(f"cannot build the {family.name} processor of {source} ({problem}); the checkpoint "
+                             "needs its processor files (preprocessor_config.json, tokenizer, chat template)")
+    try:
+        return load_audio_chat_processor(source, getattr(config, family.audio_token_attr), family.audio_token_count,
+                                         family.feature_mask_key, trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModalflipError(f"cannot build the {family.name} processor of {source} ({problem}), nor its stand-in "
+                             f"from tokenizer and feature extractor ({str(err).splitlines()[0]})") from None
 
 
 def config_hash(adapter: ModelAdapter) -> str:

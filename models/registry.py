@@ -1,10 +1,12 @@
 """Supported families by config `model_type`, and those known but not yet supported (with the reason)."""
 from __future__ import annotations
 
+from models.families.audio_flamingo3 import FAMILY as AUDIO_FLAMINGO3
 from models.families.base import FamilySpec
+from models.families.qwen2_5_omni import FAMILY as QWEN2_5_OMNI
 from models.families.qwen2_audio import FAMILY as QWEN2_AUDIO
 
-FAMILIES: dict[str, FamilySpec] = {t: f for f in (QWEN2_AUDIO,) for t in f.model_types}
+FAMILIES: dict[str, FamilySpec] = {t: f for f in (QWEN2_AUDIO, QWEN2_5_OMNI, AUDIO_FLAMINGO3) for t in f.model_types}
 
 UNSUPPORTED: dict[str, str] = {
     "voxtral": "its processor needs mistral_common and a tekken.json tokenizer file",

@@ -7,6 +7,11 @@ from typing import Callable
 import torch
 
 
+def single_window(processor) -> int:
+    """Most families take one window per clip (the extractor's `chunk_length`, 30 s for the real checkpoints)."""
+    return 1
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """A family adapter: data first, a couple of functions where the families really differ."""
@@ -18,9 +23,17 @@ class FamilySpec:
     audio_token_attr: str  # config attribute holding the audio placeholder token id
     features_key: str  # forward kwarg of the log-mel features
     feature_mask_key: str  # forward kwarg of the feature attention mask
-    audio_token_count: Callable[[torch.Tensor], torch.Tensor]  # feature mask (B, frames) -> audio tokens per clip
+    audio_token_count: Callable[[torch.Tensor], torch.Tensor]  # feature mask (rows, frames) -> audio tokens per row
     expand_audio: Callable[[str, int, object], str]  # (rendered chat, n tokens, processor) -> expanded text
     notes: str = ""
+    # How many feature windows one clip may span (processor -> count); windows are rows of the features.
+    max_windows: Callable[[object], int] = single_window
+    # Rope positions (3, batch, tokens) the model would derive from the token ids, or None for plain positions.
+    # Given explicitly, they keep a forward from `inputs_embeds` (no token ids) positioned as the traced one.
+    position_ids: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None
+    # Whether a processor that cannot be built (Qwen2.5-Omni's needs torchvision for video) may be replaced by
+    # `processor_shim.AudioChatProcessor` (the checkpoint's tokenizer, feature extractor and chat template).
+    processor_shim: bool = False
 
 
 def resolve(root: torch.nn.Module, path: str):
