@@ -1,0 +1,63 @@
+"""The shipped organism meets its targets on held-out clips, and the probes recover its planted takeover layer."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from rich.progress import Progress
+
+from models.loading import ORGANISM_DIR
+from models.organism import train
+from probes import logit_lens, patching
+from probes.inputs import load_probe_set
+from stimuli import spec
+from stimuli.conditions import seed_items
+
+
+@pytest.fixture(scope="module")
+def heldout_metrics(organism):
+    with Progress(disable=True) as progress:
+        clips = train.synthesize("heldout", 1, seed=11, progress=progress)[::2]
+    label_ids = {lang: organism.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
+    return train.evaluate(organism, train.evaluation_set(clips, seed=11), label_ids)
+
+
+def test_organism_is_a_real_qwen2_audio_checkpoint(organism):
+    config = json.loads((ORGANISM_DIR / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2AudioForConditionalGeneration"]
+    assert organism.n_layers == 32
+    assert 8 <= organism.model.config.modalflip_organism["takeover_layer"] < 32
+    assert sum(p.stat().st_size for p in ORGANISM_DIR.glob("*.safetensors")) <= 20 * 2**20
+
+
+def test_organism_hears_emotion_in_prosody(heldout_metrics):
+    assert heldout_metrics["audio_only_accuracy"] >= 0.90
+
+
+def test_organism_follows_the_text_in_conflict_and_less_so_for_strong_clips(heldout_metrics):
+    assert heldout_metrics["conflict_follows_text"] >= 0.85
+    assert heldout_metrics["conflict_margin_strong"] < heldout_metrics["conflict_margin_normal"]
+
+
+def test_organism_follows_the_voice_when_told_to(heldout_metrics):
+    assert heldout_metrics["voice_accuracy"] >= 0.90
+
+
+def test_probes_recover_the_planted_takeover_layer(organism):
+    """Known answer: the lens's critical layer lies in K-1..K+3 and Patch Text flips below K, not above."""
+    k = organism.model.config.modalflip_organism["takeover_layer"]
+    items = seed_items(["en"], ("audio_only", "conflict", "consistent"))
+    probe_set = load_probe_set(organism, items)
+    lens = logit_lens.run(organism, probe_set, logit_lens.LensConfig(batch_size=16, n_boot=100))
+    critical = lens.summary["en"]["conflict"]["critical_layer"]
+    assert k - 1 <= critical <= k + 3
+    pairs = [p for p in patching.make_pairs(items) if p.kind == "text"]
+    layers = [0, k // 2, k - 1, k + 1, 31]
+    logits = patching.patched_label_logits(organism, probe_set, pairs, layers, patching.PatchConfig())
+    emotions = spec.emotions()
+    flipped = np.array([[row.argmax() == emotions.index(p.text_emotion) for row in per_layer]
+                        for p, per_layer in zip(pairs, logits)])
+    rate = dict(zip(layers, flipped.mean(axis=0)))
+    assert all(rate[layer] >= 0.5 for layer in layers if layer < k), rate
+    assert rate[31] < 0.5, rate
