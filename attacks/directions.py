@@ -1,0 +1,169 @@
+"""Emotion directions per layer, learnt from clean audio-only runs: differences of class means, cached on disk.
+
+For every clean audio-only item, the residual stream is read at two places (`POSITIONS`): the mean over the audio
+span, and the answer position. Per layer l (0 = embeddings .. n_layers) and emotion E, `means[pos][E, l]` is the
+mean over items whose voice expresses E. The direction of E is the unit vector along μ_E − mean_{k≠E} μ_k, and
+its length (the class gap) is the unit of `project`: a projection of 1 means one class gap towards E, measured
+from the centre (the mean of the class means). The same class means make a linear probe: the nearest class mean.
+
+The class means depend on the weights and the clips, so the cache key hashes the model config, a fingerprint of
+the weights, the stimulus spec and the bytes of every WAV used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from common.atomic import atomic_write_with
+from common.errors import ModalflipError
+from models.adapter import Batch, ModelAdapter
+from models.forward import run_traced
+from models.loading import config_hash
+from models.prompting import chat_prompt, claim_word
+from stimuli import spec
+from stimuli.audio_io import load_audio
+from stimuli.conditions import Item
+
+POSITIONS = ("audio", "answer")
+CACHE_VERSION = 1
+
+
+@dataclass
+class Directions:
+    """Class means of clean audio-only residuals. means[pos]: (n_emotions, n_layers + 1, d_model) float32, rows in
+    `emotions` order; counts: items per emotion (an emotion with 0 items has no direction)."""
+
+    emotions: list[str]
+    means: dict[str, torch.Tensor]
+    counts: list[int]
+    key: str = ""
+
+    def __post_init__(self):
+        present = torch.tensor([c > 0 for c in self.counts])
+        if int(present.sum()) < 2:
+            raise ModalflipError("emotion directions need clean audio-only clips of at least two emotions; "
+                                 f"got counts {dict(zip(self.emotions, self.counts))}")
+        self.present = present
+        self.centre, self.unit, self.gap = {}, {}, {}
+        for pos, means in self.means.items():
+            kept = means[present]
+            n = kept.shape[0]
+            others = (kept.sum(0, keepdim=True) - means) / (n - 1)  # mean of the other present classes
+            diff = means - others  # (n_emotions, n_layers + 1, d)
+            gap = diff.norm(dim=-1)  # (n_emotions, n_layers + 1)
+            self.centre[pos] = kept.mean(0)  # (n_layers + 1, d)
+            self.unit[pos] = diff / gap.clamp_min(1e-12).unsqueeze(-1)
+            self.gap[pos] = gap.clamp_min(1e-12)
+
+    @property
+    def n_layers(self) -> int:
+        return self.means[POSITIONS[0]].shape[1] - 1
+
+    def index(self, emotion: str) -> int:
+        """The row of `emotion`; a `ModalflipError` when no clean clip of it was seen."""
+        row = self.emotions.index(emotion)
+        if not self.present[row]:
+            raise ModalflipError(f"no clean audio-only clip expresses {emotion!r}, so it has no direction; "
+                                 "include such clips (--lang both) or choose another target emotion")
+        return row
+
+    def project(self, pos: str, layer: int, resid: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Projection of resid (n, d_model) at `layer` on the direction of emotion rows[i] (indices into
+        `emotions`), in class gaps from the centre; returns (n,)."""
+        unit = self.unit[pos][rows, layer].to(resid)  # (n, d)
+        centre = self.centre[pos][layer].to(resid)
+        return ((resid - centre) * unit).sum(-1) / self.gap[pos][rows, layer].to(resid)
+
+    def probe(self, pos: str, layer: int, resid: torch.Tensor) -> torch.Tensor:
+        """The linear probe: index of the nearest present class mean to each row of resid (n, d_model); (n,)."""
+        means = self.means[pos][:, layer].to(resid)  # (n_emotions, d)
+        scores = resid @ means.T - 0.5 * (means * means).sum(-1)
+        scores[:, ~self.present] = float("-inf")
+        return scores.argmax(-1)
+
+
+def read_positions(adapter: ModelAdapter, batch: Batch, resid: Sequence[torch.Tensor], layer: int
+                   ) -> dict[str, torch.Tensor]:
+    """{"audio": mean over each row's audio span, "answer": the answer position}, each (rows, d_model), read from
+    `resid[layer]`."""
+    hidden = resid[layer]
+    audio = torch.stack([hidden[i, s.audio].mean(0) for i, s in enumerate(batch.spans)])
+    rows = torch.arange(len(batch), device=hidden.device)
+    return {"audio": audio, "answer": hidden[rows, batch.answer_positions()]}
+
+
+@torch.no_grad()
+def compute(adapter: ModelAdapter, items: Sequence[Item], batch_rows: int = 8) -> Directions:
+    """Class means from clean audio-only `items` (other conditions are ignored), one forward per chunk of rows."""
+    items = [item for item in items if item.condition == "audio_only"]
+    emotions = spec.emotions()
+    if not items:
+        raise ModalflipError("no clean audio-only items to learn emotion directions from")
+    sums = {pos: torch.zeros(len(emotions), adapter.n_layers + 1, _width(adapter)) for pos in POSITIONS}
+    counts = [0] * len(emotions)
+    for start in range(0, len(items), batch_rows):
+        chunk = items[start:start + batch_rows]
+        waves = [torch.from_numpy(load_audio(item.audio_path)) for item in chunk]
+        prompts = [chat_prompt(item.instruction, item.lang, claim_word(item.lang, item.text_emotion))
+                   for item in chunk]
+        batch = adapter.build_batch(waves, prompts)
+        trace = run_traced(adapter, batch)
+        rows = [emotions.index(item.audio_emotion) for item in chunk]
+        for layer in range(adapter.n_layers + 1):
+            read = read_positions(adapter, batch, trace.resid, layer)
+            for pos in POSITIONS:
+                for i, row in enumerate(rows):
+                    sums[pos][row, layer] += read[pos][i].float().cpu()
+        for row in rows:
+            counts[row] += 1
+    divisor = torch.tensor(counts, dtype=torch.float32).clamp_min(1).view(-1, 1, 1)
+    return Directions(emotions, {pos: sums[pos] / divisor for pos in POSITIONS}, counts)
+
+
+def cache_key(adapter: ModelAdapter, items: Sequence[Item]) -> str:
+    """Hash of what the class means depend on: model config, a weight fingerprint, stimulus spec, clips' bytes."""
+    clips = sorted({(item.clip_id, str(item.audio_path)) for item in items if item.condition == "audio_only"})
+    digest = hashlib.sha256()
+    digest.update(json.dumps([CACHE_VERSION, config_hash(adapter), spec.spec_hash(), [c for c, _ in clips]]).encode())
+    for _, path in clips:
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    digest.update(weights_fingerprint(adapter).encode())
+    return digest.hexdigest()[:16]
+
+
+def weights_fingerprint(adapter: ModelAdapter) -> str:
+    """A cheap hash of the weights: the first 64 values of every parameter (a retrained model with the same config
+    gets another fingerprint; a full hash of a 7B model would take minutes)."""
+    digest = hashlib.sha256()
+    for name, param in adapter.model.named_parameters():
+        digest.update(name.encode())
+        digest.update(param.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_or_compute(adapter: ModelAdapter, items: Sequence[Item], cache_dir: str | Path,
+                    batch_rows: int = 8) -> tuple[Directions, bool]:
+    """The directions for these clean audio-only items, from `<cache_dir>/directions-<key>.pt` when it exists, else
+    computed and saved there. Returns (directions, whether they came from the cache)."""
+    key = cache_key(adapter, items)
+    path = Path(cache_dir) / f"directions-{key}.pt"
+    if path.is_file():
+        try:
+            saved = torch.load(path, weights_only=True)
+            return Directions(saved["emotions"], saved["means"], saved["counts"], key), True
+        except (RuntimeError, KeyError, EOFError):
+            pass  # unreadable cache: recompute and overwrite it
+    directions = compute(adapter, items, batch_rows)
+    directions.key = key
+    state = {"emotions": directions.emotions, "means": directions.means, "counts": directions.counts}
+    atomic_write_with(path, lambda buffer: torch.save(state, buffer))
+    return directions, False
+
+
+def _width(adapter: ModelAdapter) -> int:
+    return int(adapter.embed_tokens.weight.shape[1])
