@@ -1,0 +1,68 @@
+"""`python run_attack.py --target-layer 15`: adversarial audio whose emotion survives the middle layers.
+
+PGD on the waveform inside an L∞ (and optional SNR) budget, pushing the residual stream of the audio span and the
+answer position toward the voice's emotion over layers --from-layer..--target-layer; see attacks/pgd.py for the
+objective and attacks/experiment.py for the output folder. Rerun the same command with the same --out to resume.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+import transformers
+
+from attacks.experiment import run_attack
+from attacks.pgd import PGDConfig
+from common.cli import run_main, runner_parser
+from eval.records import make_record, write_record
+
+DEFAULTS = PGDConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = runner_parser("run_attack.py", __doc__.splitlines()[0].split(": ", 1)[1])
+    attack = parser.add_argument_group("attack options")
+    attack.add_argument("--target-layer", type=int, default=DEFAULTS.target_layer,
+                        help="last residual layer of the persistence window (0 = embeddings)")
+    attack.add_argument("--from-layer", type=int, default=DEFAULTS.from_layer,
+                        help="first residual layer of the persistence window")
+    attack.add_argument("--epsilon", type=float, default=DEFAULTS.epsilon,
+                        help="L∞ budget on the waveform perturbation, full scale 1.0")
+    attack.add_argument("--snr-db", type=float, default=DEFAULTS.snr_db,
+                        help="also keep the SNR of the adversarial clip at least this many dB")
+    attack.add_argument("--steps", type=int, default=DEFAULTS.steps, help="PGD steps")
+    attack.add_argument("--eot", type=int, default=DEFAULTS.eot,
+                        help="random channels (gain, delay, noise) per prompt and step; 0 = none")
+    attack.add_argument("--universal", action="store_true",
+                        help="one perturbation per voice emotion, evaluated on held-out clips")
+    attack.add_argument("--target-emotion", default=DEFAULTS.target_emotion,
+                        help="push answers to this emotion instead of the voice's own")
+    attack.add_argument("--final-weight", type=float, default=DEFAULTS.final_weight,
+                        help="weight of the final answer's cross-entropy (0 = stop the forward at --target-layer)")
+    attack.add_argument("--persistence-weight", type=float, default=DEFAULTS.persistence_weight,
+                        help="weight of the projection on the target emotion's direction")
+    attack.add_argument("--lens-weight", type=float, default=DEFAULTS.lens_weight,
+                        help="weight of the logit-lens margin toward the target emotion")
+    attack.add_argument("--prompts-per-clip", type=int, default=DEFAULTS.prompts_per_clip,
+                        help="conflict prompts of each clip in one step's batch, taken in turn")
+    attack.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every,
+                        help="save the perturbations every N steps (0 = never)")
+    attack.add_argument("--clips", default=None,
+                        help="comma-separated seed clips to attack, e.g. A7,A9 or A7-en (default: all)")
+    return parser
+
+
+def leaderboard(runs_dir: str):
+    """The record writer handed to the attack (attacks sit below eval, so the runner joins them)."""
+    return lambda **fields: str(write_record(make_record(**fields), runs_dir))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    transformers.logging.disable_progress_bar()  # stderr keeps to errors: one line each
+    return run_attack(args, leaderboard(args.runs_dir))
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
