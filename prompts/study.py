@@ -1,0 +1,147 @@
+"""Optuna storage and the rules that let many workers share one study without losing or duplicating trials.
+
+Storage (`--storage`): an SQLAlchemy URL (`sqlite:///runs/x/study.db`, `postgresql+psycopg://user:pw@host/db`,
+`mysql+pymysql://...`) opens an RDB storage with a heartbeat, so the trials of a worker that died on another machine
+are failed after `GRACE_SECONDS`; anything else is a journal file path (`study.log`), fine on one machine, risky on
+NFS (file locks).
+
+Counting (`--trials N` is the study's total of finished trials, complete or pruned, over all workers and runs):
+- Before each trial a worker fails the trials of dead workers it can see: RUNNING trials started by a process of
+  this host that no longer exists (a SIGKILLed run), and RUNNING trials that never recorded a worker and are older
+  than `GRACE_SECONDS`.
+- A worker stops when N trials are finished, or when the missing ones are all running in live workers.
+- Trial numbers come from the storage, which assigns them atomically. A new trial counts the finished and running
+  trials numbered below it; if N of them are there already, it lost the race for the last slot to another worker and
+  is failed at once as a surplus (user attr `surplus`, no parameters sampled, not counted).
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from common.errors import ModalflipError
+
+HEARTBEAT_SECONDS = 20
+GRACE_SECONDS = 90
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _host() -> str:
+    """This machine: its host name and boot id (containers that share a host name rarely share a kernel too)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return f"{socket.gethostname()}:{handle.read().strip()[:8]}"
+    except OSError:
+        return socket.gethostname()
+
+
+HOST = _host()
+
+
+class Surplus(Exception):
+    """A trial beyond the study's target: another worker took the last slot first."""
+
+
+def is_url(storage: str) -> bool:
+    return "://" in storage
+
+
+def redact(storage: str) -> str:
+    """The storage spec with any password in a URL replaced by ***, for logs and records."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", storage)
+
+
+def open_storage(storage: str) -> BaseStorage:
+    """An RDB storage with a heartbeat for a URL, a journal-file storage for a path (see module docstring)."""
+    if is_url(storage):
+        kwargs = {}
+        if storage.startswith("sqlite"):
+            kwargs = {"connect_args": {"timeout": 60}}  # two local workers wait for the file lock, not fail
+        try:
+            return RDBStorage(storage, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+                              grace_period=GRACE_SECONDS)
+        except ImportError as err:
+            raise ModalflipError(f"the database driver for {redact(storage)} is missing ({err}); for PostgreSQL "
+                                 "install modalflip[postgres] (psycopg) and use postgresql+psycopg://...") from None
+        except Exception as err:  # SQLAlchemy's connection errors have many types; the message says which
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModalflipError(f"cannot open Optuna storage {redact(storage)}: {first}") from None
+    path = os.path.abspath(storage)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return JournalStorage(JournalFileBackend(path))
+
+
+def worker_id() -> str:
+    """host/pid/start time of this process: tells a dead worker from a live one with a reused pid."""
+    return f"{HOST}/{os.getpid()}/{_start_ticks(os.getpid())}"
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), '' where /proc is not there."""
+    return _stat(pid)[19] if _stat(pid) else ""
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name (state first), [] where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _alive(worker: str) -> bool:
+    """Whether the worker process still runs (a zombie, killed but not yet reaped, does not)."""
+    host, pid, ticks = worker.split("/")
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    stat = _stat(int(pid))
+    if not stat:
+        return ticks == ""
+    return stat[0] not in ("Z", "X") and stat[19] == ticks
+
+
+def _dead(trial: FrozenTrial) -> bool:
+    worker = trial.user_attrs.get("worker")
+    if worker is None:
+        started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+        return time.time() - started > GRACE_SECONDS
+    return worker.split("/")[0] == HOST and not _alive(worker)
+
+
+def fail_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials left by dead workers of this host (and very old ones without a worker); their numbers."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _dead(trial):
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # another worker may be first
+            failed.append(trial.number)
+    return failed
+
+
+def counts(study: optuna.Study) -> tuple[int, int]:
+    """(finished trials that count, running trials) of the study."""
+    trials = study.get_trials(deepcopy=False, states=COUNTED + (TrialState.RUNNING,))
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return len(trials) - running, running
+
+
+def claim_slot(study: optuna.Study, trial: optuna.Trial, target: int) -> None:
+    """Raise `Surplus` when `target` finished or running trials are numbered below `trial` already."""
+    ahead = sum(t.number < trial.number
+                for t in study.get_trials(deepcopy=False, states=COUNTED + (TrialState.RUNNING,)))
+    if ahead >= target:
+        trial.set_user_attr("surplus", True)
+        raise Surplus(f"trial {trial.number} is beyond the study's target of {target} finished trials "
+                      "(another worker took the last slot); it is not counted")
