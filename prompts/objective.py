@@ -17,10 +17,14 @@ Caches (`Scorer`, valid for one model and one probe set; `cache` = "none" | "aud
 - audio: each clip's merged audio embeddings (what decoder layer 0 sees over the audio span: encoder + projector
   output) are computed once per clip and study. A trial's inputs are embed_tokens(ids) with the audio span replaced
   by them, so the audio encoder never runs again.
-- prefix (implies audio): where the tokens up to the end of the audio span are the same for every item of a batch
-  (system turn + audio: the prompt varies only after the audio), the key/value cache of that prefix is computed once
-  per (clip, prefix) and a trial runs only its suffix through the decoder. Stored caches are never mutated: each
-  batch stacks them into a new cache. Only the suffix's residuals come back, which is all the answer position needs.
+- prefix (implies audio): the key/value cache of each item's tokens up to the end of its audio span (system turn +
+  audio) is kept, keyed by (clip, those tokens), and a forward runs only the suffix through the decoder. A prompt
+  that varies only after the audio has one prefix per clip, reused by every item of the clip and by every later
+  trial with the same system turn; a claim before the audio (or in the system turn) makes the prefix depend on T,
+  reused only by later trials that share those slots. The least recently used prefixes go beyond `prefix_cache_mb`
+  (the batch being run is kept even when it alone exceeds it).
+  Stored caches are never mutated: each batch stacks them into a new cache. Only the suffix's residuals come back,
+  which is all the answer position needs.
 Without caches the Scorer runs the full model per item, like `probes.logit_lens.label_logits`; the numbers agree
 within 1e-4 (tests).
 """
@@ -83,7 +87,7 @@ class Scorer:
     """Forwards of prompted items with the per-study caches (see module docstring)."""
 
     def __init__(self, adapter: ModelAdapter, layers: tuple[int, int], batch_size: int = 16, cache: str = "prefix",
-                 max_prefixes: int = 256):
+                 prefix_cache_mb: float = 1024):
         if cache not in CACHES:
             raise ValueError(f"cache must be one of {CACHES}")
         self.adapter = adapter
@@ -92,10 +96,13 @@ class Scorer:
             adapter.check_layer(layer, "window layer")
         self.batch_size = batch_size
         self.cache = cache
-        self.max_prefixes = max_prefixes
+        self.max_prefix_bytes = int(prefix_cache_mb * 2**20)
+        self.prefix_bytes = 0
         self.audio: dict[str, torch.Tensor] = {}  # clip id -> (n_audio_tokens, d_model)
         self.prefixes: OrderedDict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self.forwards = 0  # item forwards run (the study's "queries")
+        self.prefix_hits = 0  # items whose prefix came from the cache
+        self.prefix_misses = 0  # items whose prefix was computed
 
     @torch.no_grad()
     def readouts(self, probe_set: PromptedSet, items: list[Item]) -> dict[str, Readout]:
@@ -118,7 +125,7 @@ class Scorer:
             resid = run_traced(adapter, batch).resid
         else:
             embeds = self._embeds(probe_set, batch, chunk)
-            stop = self._shared_prefix(batch)
+            stop = self._prefix_stop(batch)
             if self.cache == "prefix" and stop is not None:
                 resid, offset = self._suffix_resid(batch, chunk, embeds, stop), stop
             else:
@@ -157,33 +164,35 @@ class Scorer:
         return embeds
 
     @staticmethod
-    def _shared_prefix(batch: Batch) -> int | None:
-        """The end of the audio span when every row has the same tokens up to it (and nothing after it is audio)."""
+    def _prefix_stop(batch: Batch) -> int | None:
+        """The end of the audio span when it is the same position in every row (then rows can stack prefixes)."""
         stop = batch.spans[0].audio.stop
-        ids = batch.inputs["input_ids"]
-        if any(s.audio.stop != stop for s in batch.spans) or not bool((ids[:, :stop] == ids[:1, :stop]).all()):
-            return None
-        return stop
+        return stop if all(s.audio.stop == stop for s in batch.spans) else None
 
     def _suffix_resid(self, batch: Batch, chunk: list[Item], embeds: torch.Tensor, stop: int) -> list[torch.Tensor]:
-        """Residuals of the tokens after `stop`, the prefix's keys and values taken from (or added to) the cache."""
+        """Residuals of the tokens after `stop`; each row's prefix keys and values come from (or go to) the cache,
+        keyed by its clip and its tokens up to `stop`."""
         model, config = self.adapter.model, self.adapter.model.config
-        prefix_ids = tuple(batch.inputs["input_ids"][0, :stop].tolist())
-        keys = [(item.clip_id, prefix_ids) for item in chunk]
+        ids = batch.inputs["input_ids"]
+        keys = [(item.clip_id, tuple(ids[j, :stop].tolist())) for j, item in enumerate(chunk)]
         new = [j for j, key in enumerate(keys) if key not in self.prefixes and key not in keys[:j]]
+        self.prefix_misses += len(new)
+        self.prefix_hits += len(keys) - len(new)
         if new:
             rows = torch.tensor(new, device=embeds.device)
             extra = self._positions(batch, rows, slice(0, stop))
             out = model(inputs_embeds=embeds[rows, :stop], use_cache=True,
                         attention_mask=batch.inputs["attention_mask"][rows, :stop], **extra)
             for r, j in enumerate(new):
-                self.prefixes[keys[j]] = [(layer.keys[r:r + 1].clone(), layer.values[r:r + 1].clone())
-                                          for layer in out.cache.layers]
+                layers = [(layer.keys[r:r + 1].clone(), layer.values[r:r + 1].clone()) for layer in out.cache.layers]
+                self.prefixes[keys[j]] = layers
+                self.prefix_bytes += sum(k.nbytes + v.nbytes for k, v in layers)
         for key in keys:
             self.prefixes.move_to_end(key)
         stored = [self.prefixes[key] for key in keys]
-        while len(self.prefixes) > self.max_prefixes:
-            self.prefixes.popitem(last=False)
+        while self.prefix_bytes > self.max_prefix_bytes and len(self.prefixes) > len(set(keys)):
+            _, layers = self.prefixes.popitem(last=False)
+            self.prefix_bytes -= sum(k.nbytes + v.nbytes for k, v in layers)
         per_layer = [(torch.cat([s[i][0] for s in stored]), torch.cat([s[i][1] for s in stored]))
                      for i in range(len(stored[0]))]
         cache = DynamicCache(per_layer, config=config)

@@ -66,8 +66,10 @@ def test_cached_and_uncached_readouts_agree_with_the_logit_lens(tiny, probe_set,
             for item in items:
                 np.testing.assert_allclose(readouts[item.item_id].final, final[item.item_id], atol=1e-4)
                 np.testing.assert_allclose(readouts[item.item_id].window, per_layer[item.item_id][1:5], atol=1e-4)
-        used_prefix = name.startswith("seed") and cache == "prefix"
-        assert len(scorer.prefixes) == (len({i.clip_id for i in items}) if used_prefix else 0)
+        # one prefix per clip where the prompt varies only after the audio, else one per (clip, T)
+        per_clip = name.startswith("seed")
+        expected = len({i.clip_id for i in items}) if per_clip else len(items)
+        assert len(scorer.prefixes) == (expected if cache == "prefix" else 0)
 
 
 def test_cached_and_uncached_audio_flip_scores_agree(tiny, probe_set):
@@ -95,6 +97,18 @@ def test_stored_prefix_caches_are_never_mutated(tiny, probe_set):
     for key, layers in scorer.prefixes.items():
         for (k, v), (k0, v0) in zip(layers, before[key]):
             assert torch.equal(k, k0) and torch.equal(v, v0)
+
+
+def test_the_prefix_cache_keeps_to_its_memory_budget(tiny, probe_set):
+    items = [i for i in probe_set.items if i.condition == "conflict"]
+    asked = prompted(probe_set, GRAMMAR, SAMPLES["claim before the audio, other language"], label_ids_all(tiny))
+    scorer = Scorer(tiny, (1, 4), batch_size=2, cache="prefix", prefix_cache_mb=0.2)
+    readouts = scorer.readouts(asked, items)
+    assert 0 < scorer.prefix_bytes <= 0.2 * 2**20 and len(scorer.prefixes) < len(items)
+    assert scorer.prefix_bytes == sum(k.nbytes + v.nbytes for layers in scorer.prefixes.values() for k, v in layers)
+    _, final = label_logits(tiny, asked, items, batch_size=16)
+    for item in items:
+        np.testing.assert_allclose(readouts[item.item_id].final, final[item.item_id], atol=1e-4)
 
 
 def test_score_ranks_by_flips_and_breaks_ties_by_margin():
