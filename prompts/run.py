@@ -62,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", choices=CACHES, default="prefix",
                    help="prefix: audio embeddings and the prefix key/value cache reused; audio: only the audio "
                         "embeddings; none: full forwards")
+    p.add_argument("--prefix-cache-mb", type=float, default=1024,
+                   help="memory for prefix key/value caches; the least recently used are dropped beyond it")
     p.add_argument("--batch-size", type=int, default=16, help="items per forward pass")
     p.add_argument("--grammar", help="a prompt grammar file (default: prompts/grammar.json)")
     p.add_argument("--stimuli", help="a manifest (JSONL/CSV) of your own clips; default: the committed seed set")
@@ -100,6 +102,7 @@ def main(argv=None) -> int:
     config = SearchConfig(study_name=study_name, storage=storage, trials=args.trials, objective=args.objective,
                           layers=layers, multi_objective=args.multi_objective, slice_size=args.slice,
                           startup_trials=args.startup_trials, batch_size=args.batch_size, cache=args.cache,
+                          prefix_cache_mb=args.prefix_cache_mb,
                           seed=args.seed, grammar_path=args.grammar, model_hash=config_hash(adapter),
                           stimulus_hash=stimulus_hash)
     console.print(f"study [bold]{study_name}[/] in {redact(storage)}: {args.objective} over layers "
@@ -124,7 +127,9 @@ def main(argv=None) -> int:
               "this_run": {"trials": result.ran, "scored": result.scored, "queries": result.queries,
                            "seconds": round(result.seconds, 1),
                            "mean_trial_seconds": round(float(np.mean(result.trial_seconds)), 4)
-                           if result.trial_seconds else None},
+                           if result.trial_seconds else None,
+                           "cache": args.cache, "prefix_hit_rate": None if result.prefix_hit_rate is None
+                           else round(result.prefix_hit_rate, 4)},
               "best": result.best[:args.top]}
     if result.best:
         report["heldout"] = heldout_report(adapter, probe_set, result, heldout_items, args, layers, grammar,
@@ -223,7 +228,9 @@ def print_tables(console: Console, report: dict, out: Path) -> None:
                   + (f", {report['still_running']} still running elsewhere" if report["still_running"] else "")
                   + f"; this run: {run['trials']} trials ({run['scored']} scored, mean "
                   + (f"{run['mean_trial_seconds']:.3f} s" if run["mean_trial_seconds"] is not None else "-")
-                  + f" each), {run['seconds']:.0f} s")
+                  + f" each), {run['seconds']:.0f} s"
+                  + (f"; prefix cache hit rate {run['prefix_hit_rate']:.2f}" if run["prefix_hit_rate"] is not None
+                     else ""))
     held = report.get("heldout")
     if held:
         console.print(f"held-out ({held['n_items']} conflict items of clips {', '.join(report['heldout_clips'])}): "

@@ -55,6 +55,7 @@ class SearchConfig:
     startup_trials: int = 20  # random trials before TPE models the space
     batch_size: int = 16  # items per forward
     cache: str = "prefix"  # "none" | "audio" | "prefix" (prompts.objective)
+    prefix_cache_mb: float = 1024  # memory for prefix key/value caches, least recently used ones dropped beyond it
     seed: int = 0  # sampler seed; several workers on one study should each get their own
     grammar_path: str | None = None  # default prompts/grammar.json
     model_hash: str = ""  # tie the study to the model and stimulus set it was made with
@@ -74,6 +75,7 @@ class SearchResult:
     queries: int  # item forwards this worker ran
     seconds: float  # wall-clock time of this worker
     trial_seconds: list[float] = field(default_factory=list)  # wall-clock time of each trial this worker scored
+    prefix_hit_rate: float | None = None  # share of item forwards whose prefix came from the cache (this worker)
 
 
 def split_items(items: list[Item]) -> tuple[list[Item], list[Item]]:
@@ -164,7 +166,7 @@ def run(adapter: ModelAdapter, probe_set: ProbeSet, config: SearchConfig,
     started = time.perf_counter()
     grammar = load_grammar(config.grammar_path)
     search, _ = split_items(probe_set.items)
-    scorer = Scorer(adapter, config.layers, config.batch_size, config.cache)
+    scorer = Scorer(adapter, config.layers, config.batch_size, config.cache, config.prefix_cache_mb)
     objective = make_objective(config.objective, scorer, search)
     if not objective.units:
         raise ModalflipError(f"no {config.objective} units among the search items: audio-flip needs conflict items, "
@@ -238,7 +240,9 @@ def run(adapter: ModelAdapter, probe_set: ProbeSet, config: SearchConfig,
         study_name=config.study_name, storage=studies.redact(config.storage), finished=done, running=running,
         best=best_trials(study, config.multi_objective), trials=[trial_row(t) for t in study.trials],
         ran=mine["ran"], scored=mine["scored"], queries=scorer.forwards, seconds=time.perf_counter() - started,
-        trial_seconds=mine["seconds"])
+        trial_seconds=mine["seconds"],
+        prefix_hit_rate=scorer.prefix_hits / (scorer.prefix_hits + scorer.prefix_misses)
+        if scorer.prefix_hits + scorer.prefix_misses else None)
 
 
 def _store(trial: optuna.Trial, score: Score, begin: float, forwards: int) -> None:
