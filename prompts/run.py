@@ -25,7 +25,7 @@ from rich.table import Table
 from common.atomic import atomic_write_json, atomic_write_text, atomic_write_with
 from common.cli import languages, parse_layer_range, runner_parser
 from common.errors import ModalflipError
-from eval.records import make_record, write_record
+from eval.records import load_records, make_record, write_record
 from models.loading import config_hash, load_model
 from probes.inputs import load_probe_set
 from prompts.grammar import describe, load_grammar
@@ -68,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grammar", help="a prompt grammar file (default: prompts/grammar.json)")
     p.add_argument("--stimuli", help="a manifest (JSONL/CSV) of your own clips; default: the committed seed set")
     p.add_argument("--top", type=int, default=10, help="prompts in the table and best_prompts.json")
+    p.add_argument("--worker", action="store_true",
+                   help="only run trials (one of many workers): no held-out evaluation, files or leaderboard record; "
+                        "run once more without it to report")
     return p
 
 
@@ -117,6 +120,10 @@ def main(argv=None) -> int:
             bar.update(task, completed=finished, best="-" if best is None else f"{best:.4f}")
 
         result = run(adapter, probe_set, config, tick)
+    if args.worker:
+        console.print(f"worker done: {result.ran} trials; the study has {result.finished}/{args.trials} finished"
+                      + (f", {result.running} running elsewhere" if result.running else ""))
+        return 0
     trials_csv(result, out / "trials.csv")
     score_plot(result, args, out / "score_over_trials.png")
     report = {"study": study_name, "storage": result.storage, "objective": args.objective, "layers": list(layers),
@@ -149,10 +156,10 @@ def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args
     trials = [t for t in result.trials if t["state"] in ("COMPLETE", "PRUNED")]
     study_seconds = float(sum(t["seconds"] or 0.0 for t in trials))
     queries = int(sum(t["forwards"] or 0 for t in trials)) + 2 * found.n
-    records = []
+    records, listed = [], listed_records(args.runs_dir, result, best["number"], config_hash(adapter))
     for lang in languages(args.lang):
         rows = [dict(r, prompt=describe(grammar, best["slots"], [lang])[lang]) for r in found.items if r["lang"] == lang]
-        if not rows:
+        if not rows or lang in listed:
             continue
         delta_last = float(np.mean([r["margin_last"] - seed_by_id[r["item_id"]]["margin_last"] for r in rows]))
         delta_window = float(np.mean([r["margin"] - seed_by_id[r["item_id"]]["margin"] for r in rows]))
@@ -173,6 +180,15 @@ def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args
             "seed_prompt": {"flips": seed.flips, "flip_rate": round(seed.flip_rate, 4),
                             "ci": [round(v, 4) for v in seed.ci]},
             "items": found.items, "records": records}
+
+
+def listed_records(runs_dir: str, result: SearchResult, trial: int, model_hash: str) -> set[str]:
+    """Languages whose leaderboard already holds this study's best prompt at this many trials (a rerun of a
+    finished study, or a second worker reporting): no second record for them."""
+    records, _ = load_records(runs_dir)
+    return {r.lang for r in records if r.method == "prompt-search" and r.model_hash == model_hash
+            and r.settings.get("study") == result.study_name and r.settings.get("trial") == trial
+            and r.settings.get("trials") == result.finished}
 
 
 def trials_csv(result: SearchResult, path: Path) -> None:
@@ -238,4 +254,4 @@ def print_tables(console: Console, report: dict, out: Path) -> None:
                       f"{held['flip_rate']:.2f} [{held['ci'][0]:.2f}, {held['ci'][1]:.2f}]; the seed conflict "
                       f"prompt flips {held['seed_prompt']['flips']} = {held['seed_prompt']['flip_rate']:.2f}")
     console.print(f"wrote {out}/trials.csv, best_prompts.json, score_over_trials.png"
-                  + (f" and {len(held['records'])} leaderboard record(s)" if held else ""))
+                  + (f" and {len(held['records'])} new leaderboard record(s)" if held else ""))

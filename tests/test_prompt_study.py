@@ -91,6 +91,20 @@ def test_a_study_refuses_to_resume_with_other_settings(tiny, tmp_path):
         run(tiny, probe_set, SearchConfig(study_name="test", storage=storage, trials=2, layers=(2, 3)))
 
 
+def test_rerunning_a_finished_study_adds_no_trials_and_no_second_record(tiny_dir, tmp_path):
+    from prompts.run import main
+
+    argv = ["--model", str(tiny_dir), "--out", str(tmp_path / "run"), "--runs-dir", str(tmp_path / "runs"),
+            "--trials", "3", *WORKER_ARGS]
+    for _ in range(2):
+        assert main(argv) == 0
+    report = json.loads((tmp_path / "run" / "best_prompts.json").read_text())
+    assert report["this_run"]["trials"] == 0 and report["finished_trials"] == 3
+    assert len(list((tmp_path / "runs" / "records").glob("*.json"))) == 1
+    for name in ("trials.csv", "score_over_trials.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+
+
 def test_a_trial_beyond_the_target_is_a_surplus_and_not_counted():
     study = optuna.create_study()
     for _ in range(2):
@@ -115,10 +129,11 @@ def test_running_trials_of_dead_workers_are_failed_live_ones_kept():
     assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL]
 
 
-def _worker(tiny_dir, out, trials: int, seed: int, storage: str | None = None, name: str = "shared"
-            ) -> subprocess.Popen:
+def _worker(tiny_dir, out, trials: int, seed: int, storage: str | None = None, name: str = "shared",
+            extra: tuple = ()) -> subprocess.Popen:
     command = [sys.executable, str(ROOT / "run_prompt_search.py"), "--model", str(tiny_dir), "--out", str(out),
-               "--runs-dir", str(out.parent / "runs"), "--trials", str(trials), "--seed", str(seed), *WORKER_ARGS]
+               "--runs-dir", str(out.parent / "runs"), "--trials", str(trials), "--seed", str(seed), *WORKER_ARGS,
+               *extra]
     if storage:
         command += ["--storage", storage, "--study-name", name]
     env = dict(os.environ, OMP_NUM_THREADS="1", MODALFLIP_TEST_THREADS="1", PYTHONWARNINGS="ignore")
@@ -131,9 +146,9 @@ def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
     return output
 
 
-def _two_workers(tiny_dir, tmp_path, storage: str, trials: int, name: str = "shared") -> list:
-    workers = [_worker(tiny_dir, tmp_path / f"worker{k}", trials, seed=k, storage=storage, name=name)
-               for k in range(2)]
+def _two_workers(tiny_dir, tmp_path, storage: str, trials: int, name: str = "shared", report: bool = True) -> list:
+    workers = [_worker(tiny_dir, tmp_path / f"worker{k}", trials, seed=k, storage=storage, name=name,
+                       extra=[] if report else ["--worker"]) for k in range(2)]
     for proc in workers:
         _finish(proc)
     study = optuna.load_study(study_name=name, storage=studies.open_storage(storage))
@@ -145,8 +160,10 @@ def _two_workers(tiny_dir, tmp_path, storage: str, trials: int, name: str = "sha
     workers = {t.user_attrs["worker"] for t in trials_ if t.state in COUNTED}
     assert len(workers) == 2, "one worker ran every trial: the two did not overlap"
     for k in range(2):
-        report = json.loads((tmp_path / f"worker{k}" / "best_prompts.json").read_text())
-        assert report["heldout"]["n_items"] == 16
+        path = tmp_path / f"worker{k}" / "best_prompts.json"
+        assert path.exists() == report
+        if report:
+            assert json.loads(path.read_text())["heldout"]["n_items"] == 16
     return trials_
 
 
@@ -164,7 +181,7 @@ def test_two_worker_processes_share_one_postgresql_study(tiny_dir, tmp_path):
         pytest.skip(message)
     name = f"test-{uuid.uuid4().hex[:12]}"
     try:
-        _two_workers(tiny_dir, tmp_path, url, trials=8, name=name)
+        _two_workers(tiny_dir, tmp_path, url, trials=8, name=name, report=False)  # workers as in the README
     finally:
         optuna.delete_study(study_name=name, storage=studies.open_storage(url))
 
