@@ -217,6 +217,7 @@ def score_plot(result: SearchResult, args, path: Path) -> None:
     if complete:
         numbers, values = zip(*complete)
         ax.step(numbers, np.maximum.accumulate(values), where="post", color="tab:red", label="best so far")
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.set_xlabel("trial")
     ax.set_ylabel("score" if args.objective == "text-control" else "score (flip rate + tie-breaker)")
     ax.set_title(f"{result.study_name}: {args.objective}", fontsize=10)
@@ -252,6 +253,7 @@ def print_tables(console: Console, report: dict, out: Path) -> None:
         console.print(f"held-out ({held['n_items']} conflict items of clips {', '.join(report['heldout_clips'])}): "
                       f"best prompt (trial {held['trial']}) flips {held['flips']}/{held['n_items']} = "
                       f"{held['flip_rate']:.2f} [{held['ci'][0]:.2f}, {held['ci'][1]:.2f}]; the seed conflict "
-                      f"prompt flips {held['seed_prompt']['flips']} = {held['seed_prompt']['flip_rate']:.2f}")
+                      f"prompt flips {held['seed_prompt']['flips']}/{held['n_items']} = "
+                      f"{held['seed_prompt']['flip_rate']:.2f}")
     console.print(f"wrote {out}/trials.csv, best_prompts.json, score_over_trials.png"
                   + (f" and {len(held['records'])} new leaderboard record(s)" if held else ""))
