@@ -26,17 +26,18 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from common.atomic import atomic_write_json, atomic_write_text
 from common.cli import run_main
 from models.adapter import ModelAdapter
 from models.families.qwen2_audio import FAMILY
-from models.forward import lens, resume, run_traced
+from models.forward import run_traced
 from models.organism import build
 from models.prompting import chat_prompt, claim_word
 from stimuli import spec, tts
 
 console = Console()
 AUDIO_WINS = {"normal": 0.03, "strong": 0.15}
-MIX = {"audio_only": 0.25, "consistent": 0.15, "conflict": 0.40, "voice": 0.20}
+MIX = {"audio_only": 0.25, "conflict": 0.25, "consistent": 0.25, "voice (T != A and T = A)": 0.25}
 
 
 @dataclass
@@ -76,11 +77,13 @@ def synthesize(split: str, renders: int, seed: int, progress: Progress) -> list[
     return clips
 
 
-def make_example(clip: Clip, condition: str, rng: np.random.Generator, paraphrase: int | None = None):
-    """(prompt, answer emotion, text emotion) for one clip under `condition`."""
+def make_example(clip: Clip, condition: str, rng: np.random.Generator, paraphrase: int | None = None,
+                 text: str | None = None):
+    """(prompt, answer emotion, text emotion) for one clip under `condition` (T drawn unless `text` is given)."""
     lang, emotions = clip.lang, spec.emotions()
     others = [e for e in emotions if e != clip.emotion]
-    text = {"audio_only": None, "consistent": clip.emotion}.get(condition) or str(rng.choice(others))
+    if text is None:
+        text = {"audio_only": None, "consistent": clip.emotion}.get(condition) or str(rng.choice(others))
     kind = {"audio_only": "audio_only", "consistent": "assert", "conflict": "assert", "voice": "voice"}[condition]
     choices = build.corpus()["instructions"][lang][kind]
     template = choices[paraphrase if paraphrase is not None else int(rng.integers(len(choices)))]
@@ -108,6 +111,45 @@ def sample_batch(clips, conditions, size, rng, label_ids):
     return waves, prompts, torch.tensor(targets)
 
 
+def sample_paired_batch(clips, size, rng, label_ids):
+    """Phase-2 batch: a quarter audio-only items, the rest in pairs that differ only in the asserted word:
+    (conflict T, consistent A) and (voice T, voice A). Returns waves, prompts, targets and the pairs' row indices."""
+    waves, prompts, targets, pairs = [], [], [], []
+    n_single = size // 4
+    while len(prompts) < size:
+        clip = clips[int(rng.integers(len(clips)))]
+        wave = pad_to_window(clip.wave) if rng.random() < 0.5 else clip.wave
+        words = label_ids[clip.lang]
+        if len(prompts) < n_single:
+            prompt, answer, _ = make_example(clip, "audio_only", rng)
+            waves.append(wave), prompts.append(prompt), targets.append(words[answer])
+            continue
+        kind = "voice" if rng.random() < 1 / 3 else "conflict"
+        paraphrase = int(rng.integers(len(build.corpus()["instructions"][clip.lang]["voice" if kind == "voice"
+                                                                                     else "assert"])))
+        first, answer, text = make_example(clip, kind, rng, paraphrase)
+        second, _, _ = make_example(clip, "voice" if kind == "voice" else "consistent", rng, paraphrase, clip.emotion)
+        pairs.append((len(prompts), len(prompts) + 1))
+        waves += [wave, wave]
+        prompts += [first, second]
+        targets += [words[answer], words[clip.emotion]]
+    return waves, prompts, torch.tensor(targets), pairs
+
+
+def invariance_loss(trace, batch, pairs, takeover: int) -> torch.Tensor:
+    """Mean squared difference, relative to the residual's mean square, between the two members of each pair at
+    every position after the instruction, over resid[1..takeover]: nothing about the asserted word may leave the
+    instruction span before decoder layer `takeover`."""
+    terms = []
+    for i, j in pairs:
+        spans = batch.spans[i]
+        after = slice(spans.instruction.stop, spans.length)
+        a = torch.stack([trace.resid[l][i, after] for l in range(1, takeover + 1)])
+        b = torch.stack([trace.resid[l][j, after] for l in range(1, takeover + 1)])
+        terms.append(((a - b) ** 2).mean() / (0.5 * (a ** 2 + b ** 2).mean().detach() + 1e-6))
+    return torch.stack(terms).mean()
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int = 20) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -115,21 +157,27 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 20) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def answer_logits(adapter: ModelAdapter, waves, prompts, start_layer: int = 0) -> torch.Tensor:
-    """Full-vocabulary logits at each prompt's answer position; layers below `start_layer` run without grad."""
+def answer_logits(adapter: ModelAdapter, waves, prompts) -> torch.Tensor:
+    """Full-vocabulary logits at each prompt's answer position."""
     batch = adapter.build_batch(waves, prompts)
-    rows = torch.arange(len(prompts))
-    if start_layer == 0:
-        logits = adapter.model(**batch.inputs, use_cache=False).logits
-        return logits[rows, batch.answer_positions()]
-    with torch.no_grad():
-        trace = run_traced(adapter, batch, stop_after=start_layer)
-    final = resume(adapter, trace, start_layer, trace.resid[start_layer].detach())
-    return lens(adapter, final[rows, batch.answer_positions()])
+    logits = adapter.model(**batch.inputs, use_cache=False).logits
+    return logits[torch.arange(len(prompts)), batch.answer_positions()]
 
 
-def train_phase(adapter, clips, conditions, steps, lr, batch_size, seed, label_ids, start_layer, progress, name,
-                monitor=None):
+def phase2_loss(adapter: ModelAdapter, clips, batch_size, rng, label_ids, takeover: int, weight: float):
+    waves, prompts, targets, pairs = sample_paired_batch(clips, batch_size, rng, label_ids)
+    batch = adapter.build_batch(waves, prompts)
+    trace = run_traced(adapter, batch)
+    logits = trace.logits[torch.arange(len(prompts)), batch.answer_positions()]
+    return torch.nn.functional.cross_entropy(logits, targets) + weight * invariance_loss(trace, batch, pairs, takeover)
+
+
+def phase1_loss(adapter: ModelAdapter, clips, batch_size, rng, label_ids):
+    waves, prompts, targets = sample_batch(clips, {"audio_only": 1.0}, batch_size, rng, label_ids)
+    return torch.nn.functional.cross_entropy(answer_logits(adapter, waves, prompts), targets)
+
+
+def train_phase(adapter, steps, lr, seed, progress, name, loss_fn, monitor=None):
     params = [p for p in adapter.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
@@ -139,9 +187,7 @@ def train_phase(adapter, clips, conditions, steps, lr, batch_size, seed, label_i
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr)
-        waves, prompts, targets = sample_batch(clips, conditions, batch_size, rng, label_ids)
-        logits = answer_logits(adapter, waves, prompts, start_layer)
-        loss = torch.nn.functional.cross_entropy(logits, targets)
+        loss = loss_fn(rng)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -211,7 +257,8 @@ def seed_set_clips() -> list[Clip]:
 
 
 def grow(phase1, config) -> torch.nn.Module:
-    """The 32-layer model: phase-1 weights below K, identity-initialised layers from K up, frozen as described."""
+    """The 32-layer model: phase-1 weights below K, identity-initialised layers from K up (zeroed output
+    projections); the audio encoder and projector stay frozen, the language model trains."""
     model = build.build_model(config, seed=1)
     missing, unexpected = model.load_state_dict(phase1.state_dict(), strict=False)
     assert not unexpected, unexpected
@@ -221,7 +268,7 @@ def grow(phase1, config) -> torch.nn.Module:
         torch.nn.init.zeros_(layers[index].self_attn.o_proj.weight)
         torch.nn.init.zeros_(layers[index].mlp.down_proj.weight)
     for name, param in model.named_parameters():
-        param.requires_grad = name.startswith("model.language_model.layers.") and int(name.split(".")[3]) >= k
+        param.requires_grad = name.startswith("model.language_model.") or name.startswith("lm_head.")
     return model
 
 
@@ -231,10 +278,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "model"), help="model folder to write")
     parser.add_argument("--takeover-layer", type=int, default=16, help="K: the text reaches the answer from here")
     parser.add_argument("--layers", type=int, default=32)
-    parser.add_argument("--phase1-steps", type=int, default=450)
-    parser.add_argument("--phase2-steps", type=int, default=700)
+    parser.add_argument("--phase1-steps", type=int, default=600)
+    parser.add_argument("--phase2-steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--lr", type=float, default=1.5e-3, help="phase-1 peak learning rate")
+    parser.add_argument("--phase2-lr", type=float, default=2e-3, help="phase-2 peak learning rate")
+    parser.add_argument("--invariance-weight", type=float, default=10.0,
+                        help="weight of the loss keeping the asserted word inside the instruction span below K")
     parser.add_argument("--renders", type=int, default=3, help="renders per training sentence and style")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -263,15 +313,18 @@ def main(argv=None) -> int:
             phase1.load_state_dict(torch.load(args.phase1_from))
             losses1 = [float("nan")]
         else:
-            losses1 = train_phase(adapter, train_clips, {"audio_only": 1.0}, args.phase1_steps, args.lr,
-                                  args.batch_size, args.seed, label_ids, 0, progress, "phase 1: audio path", monitor)
+            losses1 = train_phase(
+                adapter, args.phase1_steps, args.lr, args.seed, progress, "phase 1: audio path",
+                lambda rng: phase1_loss(adapter, train_clips, args.batch_size, rng, label_ids), monitor)
             if args.save_phase1:
                 torch.save(phase1.state_dict(), args.save_phase1)
         config = build.build_config(processor.tokenizer, args.layers, k)
         model = grow(phase1, config)
         adapter = ModelAdapter(model, processor, FAMILY, "organism")
-        losses2 = train_phase(adapter, train_clips, MIX, args.phase2_steps, args.lr, args.batch_size,
-                              args.seed + 1, label_ids, k, progress, "phase 2: instruction mix", monitor)
+        losses2 = train_phase(
+            adapter, args.phase2_steps, args.phase2_lr, args.seed + 1, progress, "phase 2: instruction mix",
+            lambda rng: phase2_loss(adapter, train_clips, args.batch_size, rng, label_ids, k, args.invariance_weight),
+            monitor)
     minutes = (time.time() - started) / 60
     heldout = evaluate(adapter, evaluation_set(heldout_clips, args.seed), label_ids)
     seed_set = evaluate(adapter, evaluation_set(seed_set_clips(), args.seed), label_ids)
@@ -282,13 +335,116 @@ def main(argv=None) -> int:
     report = dict(
         takeover_layer=k, minutes=round(minutes, 1), threads=args.threads, seed=args.seed,
         phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps, batch_size=args.batch_size, lr=args.lr,
+        phase2_lr=args.phase2_lr,
         train_clips=len(train_clips), heldout_clips=len(heldout_clips), mix=MIX, audio_wins=AUDIO_WINS,
+        invariance_weight=args.invariance_weight,
         final_loss_phase1=float(np.mean(losses1[-20:])), final_loss_phase2=float(np.mean(losses2[-20:])),
         heldout=heldout, seed_set=seed_set,
     )
-    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out / "training_report.json", report)
+    atomic_write_text(Path(__file__).parent / "README.md", model_card(report))
     console.print_json(json.dumps(report))
     return 0
+
+
+def model_card(report: dict) -> str:
+    """The organism's model card, filled with the numbers of this training run."""
+    h, s = report["heldout"], report["seed_set"]
+
+    def rows(m: dict) -> str:
+        return "\n".join([
+            f"| audio-only accuracy (answer = A) | {m['audio_only_accuracy']:.3f} (normal {m['audio_only_accuracy_normal']:.3f},"
+            f" strong {m['audio_only_accuracy_strong']:.3f}) |",
+            f"| consistent accuracy | {m['consistent_accuracy']:.3f} |",
+            f"| conflict: P(answer = T), normal / strong | {m['conflict_follows_text_normal']:.3f} / "
+            f"{m['conflict_follows_text_strong']:.3f} |",
+            f"| conflict: margin logit(T) − logit(A), normal / strong | {m['conflict_margin_normal']:.2f} / "
+            f"{m['conflict_margin_strong']:.2f} |",
+            f"| voice-instructed conflict: answer = A | {m['voice_accuracy']:.3f} |",
+            f"| items per condition | {m['n_items_per_condition']} |",
+        ])
+
+    k = report["takeover_layer"]
+    return CARD.format(k=k, k1=k - 1, minutes=report["minutes"], threads=report["threads"],
+                       p1=report["phase1_steps"], p2=report["phase2_steps"], batch=report["batch_size"],
+                       lr=report["lr"], lr2=report["phase2_lr"], weight=report["invariance_weight"], train_clips=report["train_clips"], heldout_clips=report["heldout_clips"],
+                       heldout=rows(h), seed=rows(s), seed_value=report["seed"])
+
+
+CARD = """# The organism: a built-in audio-language model with a planted text takeover
+
+A small `transformers.Qwen2AudioForConditionalGeneration` trained by modalflip on its own synthetic stimuli, saved
+in the standard Hugging Face layout (`model/`: config, fp16 safetensors, word-level tokenizer, Whisper feature
+extractor, Qwen chat template). It loads with `from_pretrained` like a real checkpoint and is the default
+`--model organism` of every command. It is a **testbed with a known, planted text dominance**, not a claim about
+how 7B models work.
+
+## Architecture
+- Language model: 32 Qwen2 decoder layers (like Qwen2-Audio-7B, so `--target-layer 15` and "layers 5–20" mean the
+  same), hidden 128, MLP 256, 4 heads / 2 KV heads; word-level tokenizer (Chinese label words kept whole).
+- Audio: Whisper-style encoder, 2 layers of width 128, 128 mel bins, a **6 s** window (`max_source_positions` 300,
+  feature extractor `chunk_length` 6): 150 audio tokens for a full window, 25 per second.
+- Weights stored in fp16 (about 10 MB); they load in fp32 on CPU.
+
+## Data
+eSpeak NG clips rendered by `stimuli.tts` with jittered prosody per emotion and intensity (ranges in
+`stimuli/spec/prosody.json`): {train_clips} training clips (36 neutral sentences per language, English and Mandarin,
+7 voice variants each) and {heldout_clips} held-out clips (8 other sentences per language, spoken by a held-out
+voice). Half of the training batches pad clips with silence to the full window, half keep their natural length.
+Instruction paraphrases per condition and language are in `models/organism/corpus.json`.
+
+## Training: a planted takeover depth K = {k}
+`python -m models.organism.train --takeover-layer {k}` (seed {seed_value}, {threads} CPU threads, **{minutes} minutes**
+on this project's 2-core machine, shared with other work while it ran):
+1. **Audio path** ({p1} steps): a {k}-layer model learns audio-only items (the instruction lists the labels and
+   asserts none), so the final norm and head read the voice's emotion from `resid[{k}]`.
+2. **Instruction mix** ({p2} steps): the 32-layer model starts from phase 1 below layer {k} and from exact
+   identities above it (zeroed output projections); the audio encoder and projector stay frozen, the whole language
+   model trains. A quarter of each batch is audio-only; the rest comes in pairs that differ only in the asserted
+   word: (conflict T, consistent A) and (voice-instructed T, voice-instructed A). Conflict answers follow the text,
+   except for 3 % of normal and 15 % of strong clips (graded dominance); voice-instructed answers follow the audio.
+   An **invariance loss** (weight {weight}) makes the two members of each pair identical at every position after
+   the instruction in `resid[1..{k}]`: nothing about the asserted word may leave the instruction span before
+   decoder layer {k}. The architecture is the standard one; only the objective plants the depth.
+
+AdamW, peak learning rate {lr} (phase 1) and {lr2} (phase 2) with warm-up and cosine decay keyed to steps, batch
+{batch}, cross-entropy on the first answer token. The known answer the probes must recover
+(`tests/test_organism.py`): the lens's largest rise toward T lies at layer ≥ {k1}, and Patch Text flips the answer
+at every layer below {k}.
+
+What did not work, for the record: freezing everything below K (embeddings included) and training only layers
+K..31 from identity left the model deaf to the text: after 200 of 500 phase-2 steps (lr 2e-3) conflict answers
+followed the text in 2 % of held-out items while audio-only accuracy held at 0.79, the same failure as two earlier
+prototypes (notes in `shared/notes/measured-facts.md`). Upper layers alone do not learn to find the asserted word
+quickly; letting the lower layers shape the instruction span, while forbidding them to move it, does.
+
+## Metrics
+Held-out clips (one item per clip and condition, first paraphrase):
+
+| metric | value |
+|---|---|
+{heldout}
+
+The committed seed set A1–A9 (both languages, 18 clips):
+
+| metric | value |
+|---|---|
+{seed}
+
+## Probe profiles
+`python run_probes.py --out models/organism/figures` gives the logit-lens curves (conflict / consistent /
+audio-only, per language) and the Patch Text / Patch Audio profiles: `figures/logit_lens.png`,
+`figures/patching.png`, `figures/summary.json`.
+
+## Known limits
+- The task is easy: a logistic regression on mel statistics separates these synthetic emotions at about 99 %, so
+  accuracy here says nothing about real emotional speech.
+- Clip duration follows emotion (sad clips are slower), so the audio token count leaks the class unless clips are
+  padded to one duration (the probes pad by default).
+- The takeover depth is planted by the training objective, not discovered: below K the asserted word stays inside
+  the instruction span by construction (up to what a soft loss leaves), so the probes' known answer is K.
+- Eight-word sentences, one speaker family (eSpeak), 6 s window: longer clips are refused.
+"""
 
 
 if __name__ == "__main__":
