@@ -24,9 +24,8 @@ from common.errors import ModalflipError
 from models.adapter import Batch, ModelAdapter
 from models.forward import run_traced
 from models.loading import config_hash
-from models.prompting import chat_prompt, claim_word
+from probes.inputs import load_probe_set
 from stimuli import spec
-from stimuli.audio_io import load_audio
 from stimuli.conditions import Item
 
 POSITIONS = ("audio", "answer")
@@ -104,14 +103,12 @@ def compute(adapter: ModelAdapter, items: Sequence[Item], batch_rows: int = 8) -
     emotions = spec.emotions()
     if not items:
         raise ModalflipError("no clean audio-only items to learn emotion directions from")
+    inputs = load_probe_set(adapter, items, pad=False)
     sums = {pos: torch.zeros(len(emotions), adapter.n_layers + 1, _width(adapter)) for pos in POSITIONS}
     counts = [0] * len(emotions)
     for start in range(0, len(items), batch_rows):
         chunk = items[start:start + batch_rows]
-        waves = [torch.from_numpy(load_audio(item.audio_path)) for item in chunk]
-        prompts = [chat_prompt(item.instruction, item.lang, claim_word(item.lang, item.text_emotion))
-                   for item in chunk]
-        batch = adapter.build_batch(waves, prompts)
+        batch = adapter.build_batch([inputs.wave(i.clip_id) for i in chunk], [inputs.prompt(i) for i in chunk])
         trace = run_traced(adapter, batch)
         rows = [emotions.index(item.audio_emotion) for item in chunk]
         for layer in range(adapter.n_layers + 1):

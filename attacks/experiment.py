@@ -37,7 +37,8 @@ from common.errors import ModalflipError
 from common.stats import wilson_interval
 from models.loading import config_hash, load_model
 from stimuli import spec
-from stimuli.audio_io import load_audio, write_wav
+from probes.inputs import load_probe_set
+from stimuli.audio_io import write_wav
 from stimuli.conditions import Item, seed_items
 
 METHOD = "pgd-persistence"
@@ -120,16 +121,16 @@ def run_attack(args: argparse.Namespace, recorder: Recorder) -> int:
                   f"{'from the cache' if cached else 'computed'} ({directions.key}); out {out}")
 
     result = _optimise(adapter, train_items, config, directions, out / CHECKPOINT, console)
-    clean_waves = {item.clip_id: torch.from_numpy(load_audio(item.audio_path)) for item in attacked}
+    inputs = load_probe_set(adapter, attacked, pad=False)
+    clean_waves = {clip_id: inputs.wave(clip_id) for clip_id in inputs.waves}
     adv_waves = {}
     for item in attacked:
         if item.clip_id not in adv_waves:
             clean = clean_waves[item.clip_id]
             adv_waves[item.clip_id] = (clean + result.perturbation(item, clean)).clamp(-1.0, 1.0)
-    labels = pgd.label_table(adapter, eval_items)
-    clean_read = read(adapter, eval_items, [clean_waves[i.clip_id] for i in eval_items], targets, directions,
-                      labels, config.batch_rows)
-    adv_read = read(adapter, eval_items, [adv_waves[i.clip_id] for i in eval_items], targets, directions, labels,
+    clean_read = read(adapter, inputs, eval_items, [clean_waves[i.clip_id] for i in eval_items], targets,
+                      directions, config.batch_rows)
+    adv_read = read(adapter, inputs, eval_items, [adv_waves[i.clip_id] for i in eval_items], targets, directions,
                     config.batch_rows)
 
     held_out = set(split["held_out"]) if split else set()

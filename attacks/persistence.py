@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from attacks.directions import POSITIONS, Directions, read_positions
-from attacks.pgd import label_logits, prompt_of
+from attacks.pgd import label_logits, label_table
 from models.adapter import ModelAdapter
 from models.forward import run_traced
+from probes.inputs import ProbeSet
 from stimuli.conditions import Item
 
 SEPARATES = 0.5  # the probe must read the target emotion on at least this share of items
@@ -39,15 +40,16 @@ class Readout:
 
 
 @torch.no_grad()
-def read(adapter: ModelAdapter, items: Sequence[Item], waves: Sequence[torch.Tensor], targets: Sequence[int],
-         directions: Directions, label_ids: torch.Tensor, batch_rows: int = 8) -> Readout:
-    """Readout of `items` with audio `waves` (one per item); targets: emotion index per item; label_ids:
-    (items, n_emotions) label token ids."""
+def read(adapter: ModelAdapter, inputs: ProbeSet, items: Sequence[Item], waves: Sequence[torch.Tensor],
+         targets: Sequence[int], directions: Directions, batch_rows: int = 8) -> Readout:
+    """Readout of `items` (prompts and label words from `inputs`) with audio `waves`, one per item (clean or
+    attacked); targets: the target emotion's index per item."""
+    label_ids = label_table(inputs, items)
     layers = range(adapter.n_layers + 1)
     lens_rows, projection, probe = [], {p: [] for p in POSITIONS}, {p: [] for p in POSITIONS}
     for begin in range(0, len(items), batch_rows):
         chunk = range(begin, min(begin + batch_rows, len(items)))
-        batch = adapter.build_batch([waves[i] for i in chunk], [prompt_of(items[i]) for i in chunk])
+        batch = adapter.build_batch([waves[i] for i in chunk], [inputs.prompt(items[i]) for i in chunk])
         trace = run_traced(adapter, batch)
         rows = torch.tensor([targets[i] for i in chunk], device=trace.resid[0].device)
         per_layer = {"lens": [], **{f"z_{p}": [] for p in POSITIONS}, **{f"p_{p}": [] for p in POSITIONS}}

@@ -4,8 +4,8 @@
 Threat model: an additive δ on each 16 kHz clip, inside `attacks.budget.Budget` (L∞ ε, optional SNR floor,
 x + δ in [−1, 1]), optimised through the differentiable front end (`models.frontend.log_mel`, via
 `ModelAdapter.build_batch`). One δ per clip, or with `universal` one δ per audio emotion shared by all clips (and
-their sentences and prompts) of that emotion; a universal δ spans the model's whole audio window and each clip uses
-its first len(clip) samples.
+their sentences and prompts) of that emotion; a universal δ spans one feature window of the model and each clip
+uses its first len(clip) samples.
 
 Objective, minimised, for each row (a clip under one of its prompts) with target emotion E (the voice's own emotion
 A, or `target_emotion`), over the layer window W = [from_layer, target_layer] (residual indices, 0 = embeddings):
@@ -39,12 +39,11 @@ from attacks.budget import Budget, project, to_pcm16
 from attacks.directions import POSITIONS, Directions, read_positions, weights_fingerprint
 from common.atomic import atomic_write_with
 from common.errors import ModalflipError
-from models.adapter import Batch, ModelAdapter, Prompt
+from models.adapter import Batch, ModelAdapter
 from models.forward import lens, run_traced
 from models.loading import config_hash
-from models.prompting import chat_prompt, claim_word
+from probes.inputs import ProbeSet, load_probe_set
 from stimuli import spec
-from stimuli.audio_io import load_audio
 from stimuli.conditions import Item
 
 
@@ -104,8 +103,15 @@ class PGDResult:
         if key not in self.deltas:
             raise ModalflipError(f"no δ was trained for {key!r} (clip {item.clip_id}); universal mode needs a "
                                  "training clip of every audio emotion it is evaluated on")
-        delta = self.deltas[key][: clean.shape[0]].to(clean)
-        return to_pcm16(project(delta, clean, self.budget))
+        return to_pcm16(project(fit(self.deltas[key].to(clean), clean.shape[0]), clean, self.budget))
+
+
+def fit(delta: torch.Tensor, length: int) -> torch.Tensor:
+    """δ for a clip of `length` samples: its first `length` samples, zero-padded when δ is shorter (a universal δ
+    spans one feature window; a longer clip gets no perturbation past it)."""
+    if delta.shape[0] >= length:
+        return delta[:length]
+    return torch.nn.functional.pad(delta, (0, length - delta.shape[0]))
 
 
 def group_of(item: Item, universal: bool) -> str:
@@ -118,14 +124,9 @@ def target_of(item: Item, config: PGDConfig) -> str:
     return config.target_emotion or item.audio_emotion
 
 
-def prompt_of(item: Item) -> Prompt:
-    return chat_prompt(item.instruction, item.lang, claim_word(item.lang, item.text_emotion))
-
-
-def label_table(adapter: ModelAdapter, items: Sequence[Item]) -> torch.Tensor:
+def label_table(inputs: ProbeSet, items: Sequence[Item]) -> torch.Tensor:
     """(n_items, n_emotions) token ids of the label words in each item's language, in `spec.emotions()` order."""
-    by_lang = {lang: adapter.label_token_ids(spec.label_words(lang)) for lang in {item.lang for item in items}}
-    return torch.tensor([[by_lang[item.lang][e] for e in spec.emotions()] for item in items])
+    return torch.tensor([[inputs.label_ids[item.lang][e] for e in spec.emotions()] for item in items])
 
 
 def label_logits(adapter: ModelAdapter, resid: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
@@ -245,11 +246,9 @@ def run(adapter: ModelAdapter, items: Sequence[Item], config: PGDConfig, directi
     if not items:
         raise ModalflipError("no items to attack; check --lang and --clips")
     targets = torch.tensor([directions.index(target_of(item, config)) for item in items])
-    labels = label_table(adapter, items)
-    clips: dict[str, torch.Tensor] = {}
-    for item in items:
-        if item.clip_id not in clips:
-            clips[item.clip_id] = torch.from_numpy(load_audio(item.audio_path)).to(adapter.device)
+    inputs = load_probe_set(adapter, list(items), pad=False)
+    labels = label_table(inputs, items)
+    clips = {clip_id: inputs.wave(clip_id).to(adapter.device) for clip_id in dict.fromkeys(i.clip_id for i in items)}
     generator = torch.Generator().manual_seed(config.seed)
     result = PGDResult(deltas=_start(adapter, items, clips, config, generator), budget=config.budget,
                        universal=config.universal)
@@ -268,7 +267,7 @@ def run(adapter: ModelAdapter, items: Sequence[Item], config: PGDConfig, directi
             for begin in range(0, len(rows), config.batch_rows):
                 chunk = rows[begin:begin + config.batch_rows]
                 picked = [index for index, _ in chunk]
-                batch = adapter.build_batch([wave for _, wave in chunk], [prompt_of(items[i]) for i in picked])
+                batch = adapter.build_batch([wave for _, wave in chunk], [inputs.prompt(items[i]) for i in picked])
                 loss, chunk_parts = objective(adapter, batch, targets[picked], labels[picked], directions, config)
                 share = len(chunk) / len(rows)
                 (loss * share).backward()  # gradients of the mean over all rows accumulate in δ.grad
@@ -319,11 +318,11 @@ def _rows(adapter: ModelAdapter, items: Sequence[Item], clips: dict[str, torch.T
         k = min(config.prompts_per_clip, len(indices))
         for index in [indices[(step * k + j) % len(indices)] for j in range(k)]:
             clean = clips[clip_id]
-            delta = deltas[group_of(items[index], config.universal)][: clean.shape[0]]
+            delta = fit(deltas[group_of(items[index], config.universal)], clean.shape[0])
             for _ in range(max(config.eot, 1)):  # one graph per row: rows may land in different chunks
                 wave = clean + project(delta, clean, config.budget)
                 if config.eot:
-                    wave = random_channel(wave, generator, int(adapter.extractor.n_samples))
+                    wave = random_channel(wave, generator, int(adapter.max_audio_seconds * adapter.sampling_rate))
                 rows.append((index, wave))
     return rows
 

@@ -57,6 +57,8 @@ def persistence_figure(persistence: dict, path: str | Path, title: str) -> Path:
 
 def _rate(entry: dict) -> str:
     low, high = entry["ci95"]
+    if not entry["n"]:
+        return "0/0 (no such items)"
     return f"{entry['k']}/{entry['n']} = {entry['rate']:.0%}  [{low:.0%}, {high:.0%}]"
 
 
@@ -93,15 +95,18 @@ def summary_table(metrics: dict) -> Table:
 
 def clip_table(metrics: dict) -> Table:
     """One row per attacked clip: emotion, perceptual size and its conflict items' answers before and after."""
-    table = Table(title="per clip", show_header=True)
-    for name, justify in (("clip", "left"), ("voice", "left"), ("SNR dB", "right"), ("L∞", "right"),
-                          ("STOI", "right"), ("PESQ", "right"), ("target answers clean → attacked", "right")):
-        table.add_column(name, justify=justify)
+    universal = metrics["universal_split"] is not None
+    table = Table(title="per clip" + (" (universal δ: answers on held-out clips only)" if universal else ""))
+    columns = ["clip", "voice"] + (["split"] if universal else []) + ["SNR dB", "L∞", "STOI", "PESQ",
+                                                                     "target answers, clean → attacked"]
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("clip", "voice", "split") else "right")
     for clip in metrics["perceptual"]["clips"]:
         rows = [item for item in metrics["items"] if item["clip_id"] == clip["clip_id"]]
         clean = sum(item["clean_answer"] == item["target"] for item in rows)
         after = sum(item["adversarial_answer"] == item["target"] for item in rows)
-        name = clip["clip_id"] + (" (held out)" if clip.get("held_out") else "")
-        table.add_row(name, clip["audio_emotion"], _num(clip["snr_db"], ".1f"), f"{clip['linf']:.4f}",
-                      _num(clip["stoi"], ".3f"), _num(clip["pesq_wb"], ".2f"), f"{clean} → {after} of {len(rows)}")
+        split = ["held out" if clip["held_out"] else "train"] if universal else []
+        answers = f"{clean} → {after} of {len(rows)}" if rows else "—"
+        table.add_row(clip["clip_id"], clip["audio_emotion"], *split, _num(clip["snr_db"], ".1f"),
+                      f"{clip['linf']:.4f}", _num(clip["stoi"], ".3f"), _num(clip["pesq_wb"], ".2f"), answers)
     return table

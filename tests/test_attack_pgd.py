@@ -10,7 +10,7 @@ from attacks import directions as directions_module
 from attacks import pgd
 from attacks.budget import snr_db
 from common.errors import ModalflipError
-from stimuli.audio_io import load_audio
+from probes.inputs import load_probe_set
 from stimuli.conditions import seed_items
 
 
@@ -29,11 +29,11 @@ def _conflict(items, *clips):
 
 
 def _batch(adapter, items, delta=None):
-    waves = []
-    for item in items:
-        clean = torch.from_numpy(load_audio(item.audio_path))
-        waves.append(clean + delta if delta is not None else clean)
-    return adapter.build_batch(waves, [pgd.prompt_of(item) for item in items])
+    """A batch of `items` (all of one clip) with `delta` added to the clip, and the label ids."""
+    inputs = load_probe_set(adapter, items, pad=False)
+    clean = inputs.wave(items[0].clip_id)
+    waves = [clean + delta if delta is not None else clean for _ in items]
+    return adapter.build_batch(waves, [inputs.prompt(item) for item in items]), pgd.label_table(inputs, items)
 
 
 def _targets(items, directions):
@@ -45,12 +45,11 @@ SMALL = pgd.PGDConfig(from_layer=1, target_layer=2, steps=4, checkpoint_every=1,
 
 def test_gradient_reaches_the_waveform_through_the_front_end(tiny_adapter, items, directions):
     chosen = _conflict(items, "A7-en")[:2]
-    clean = torch.from_numpy(load_audio(chosen[0].audio_path))
-    delta = torch.zeros_like(clean, requires_grad=True)
-    batch = _batch(tiny_adapter, chosen, delta)
+    length = load_probe_set(tiny_adapter, chosen, pad=False).waves["A7-en"].shape[0]
+    delta = torch.zeros(length, requires_grad=True)
+    batch, labels = _batch(tiny_adapter, chosen, delta)
     config = dataclasses.replace(SMALL, final_weight=1.0)
-    loss, _ = pgd.objective(tiny_adapter, batch, _targets(chosen, directions), pgd.label_table(tiny_adapter, chosen),
-                            directions, config)
+    loss, _ = pgd.objective(tiny_adapter, batch, _targets(chosen, directions), labels, directions, config)
     loss.backward()
     assert delta.grad is not None
     assert bool(torch.isfinite(delta.grad).all())
@@ -59,8 +58,8 @@ def test_gradient_reaches_the_waveform_through_the_front_end(tiny_adapter, items
 
 def test_early_exit_gives_the_same_loss_as_the_full_forward(tiny_adapter, items, directions):
     chosen = _conflict(items, "A3-en")
-    batch = _batch(tiny_adapter, chosen)
-    args = (tiny_adapter, batch, _targets(chosen, directions), pgd.label_table(tiny_adapter, chosen), directions)
+    batch, labels = _batch(tiny_adapter, chosen)
+    args = (tiny_adapter, batch, _targets(chosen, directions), labels, directions)
     with torch.no_grad():
         early, _ = pgd.objective(*args, dataclasses.replace(SMALL, early_exit=True))
         full, _ = pgd.objective(*args, dataclasses.replace(SMALL, early_exit=False))
@@ -107,7 +106,7 @@ def test_pgd_raises_the_projection_on_the_voice_emotion_inside_the_budget(tiny_a
     history = []
     result = pgd.run(tiny_adapter, chosen, config, directions, callback=lambda step, parts: history.append(parts))
     assert history[-1]["persistence"] > history[0]["persistence"]
-    clean = torch.from_numpy(load_audio(chosen[0].audio_path))
+    clean = load_probe_set(tiny_adapter, chosen, pad=False).wave("A5-en")
     written = result.perturbation(chosen[0], clean)
     assert written.abs().max() <= config.epsilon
     assert snr_db(clean.numpy(), written.numpy()) >= 35.0
