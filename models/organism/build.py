@@ -39,6 +39,8 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 def _all_texts() -> list[str]:
     data = corpus()
     texts = [data["extra_vocabulary"], "Audio 1 : system user assistant", "You are a helpful assistant."]
+    texts += [f"Answer with one word: {spec.label_list(lang)}." if lang == "en" else f"用一个词回答：{spec.label_list(lang)}。"
+              for lang in spec.LANGS]
     for lang, kinds in data["instructions"].items():
         for kind, paraphrases in kinds.items():
             for text in paraphrases + [spec.template(lang, kind)]:
