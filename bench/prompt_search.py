@@ -40,7 +40,7 @@ def organism_sized() -> ModelAdapter:
     return ModelAdapter(model, processor, FAMILY, "random organism-sized")
 
 
-def after_audio_prompts(grammar: Grammar, n: int = 12) -> list[dict]:
+def after_audio_prompts(grammar: Grammar, n: int = 10) -> list[dict]:
     """`n` of the prompts made of the seed prompt with each cue phrase, emphasis and answer format (evenly spaced
     over all of them): all vary only after the audio."""
     samples = []
@@ -85,7 +85,7 @@ def replay(adapter, probe_set, grammar: Grammar, items, samples: list[dict], cac
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--trials", type=int, default=30, help="trials of the recorded TPE study")
+    parser.add_argument("--trials", type=int, default=20, help="trials of the recorded TPE study")
     parser.add_argument("--lang", default="both", choices=("en", "zh", "both"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -106,19 +106,22 @@ def main(argv=None) -> int:
     grammar = load_grammar()
     replay(adapter, probe_set, grammar, search, [grammar.seed_prompt], "none")  # warm-up
     recorded, study_seconds = tpe_prompts(adapter, probe_set, grammar, search, args.trials, args.seed)
+    console = Console()
+    console.print(f"recorded a TPE study of {args.trials} trials: {study_seconds:.3f} s per trial (caches on, "
+                  "in-memory storage, sampling included)")
     workloads = {"after the audio": after_audio_prompts(grammar), "TPE study": recorded}
     table = Table(title=f"Prompt search, seconds per trial ({adapter.model_id}, {adapter.n_layers} layers, "
                         f"{n_items} search conflict items, {args.threads} threads, {args.device})")
     for column in ("workload", "prompts", *[f"{c} s" for c in CACHES], "none / prefix"):
         table.add_column(column)
     for name, samples in workloads.items():
-        seconds = {cache: replay(adapter, probe_set, grammar, search, samples, cache) for cache in CACHES}
+        seconds = {}
+        for cache in CACHES:
+            seconds[cache] = replay(adapter, probe_set, grammar, search, samples, cache)
+            console.print(f"{name}, cache {cache}: {seconds[cache]:.3f} s per trial")
         table.add_row(name, str(len(samples)), *[f"{seconds[c]:.3f}" for c in CACHES],
                       f"{seconds['none'] / seconds['prefix']:.2f}x")
-    console = Console()
     console.print(table)
-    console.print(f"the recorded TPE study (caches on, in-memory storage, sampling included): "
-                  f"{study_seconds:.3f} s per trial")
     return 0
 
 
