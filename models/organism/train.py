@@ -279,11 +279,11 @@ def main(argv=None) -> int:
     parser.add_argument("--takeover-layer", type=int, default=16, help="K: the text reaches the answer from here")
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--phase1-steps", type=int, default=600)
-    parser.add_argument("--phase2-steps", type=int, default=500)
+    parser.add_argument("--phase2-steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1.5e-3, help="phase-1 peak learning rate")
     parser.add_argument("--phase2-lr", type=float, default=2e-3, help="phase-2 peak learning rate")
-    parser.add_argument("--invariance-weight", type=float, default=10.0,
+    parser.add_argument("--invariance-weight", type=float, default=0.0,
                         help="weight of the loss keeping the asserted word inside the instruction span below K")
     parser.add_argument("--renders", type=int, default=3, help="renders per training sentence and style")
     parser.add_argument("--threads", type=int, default=2)
