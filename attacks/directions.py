@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -41,6 +41,12 @@ class Directions:
     means: dict[str, torch.Tensor]
     counts: list[int]
     key: str = ""
+    # derived in __post_init__, per position: centre (n_layers + 1, d), unit directions (n_emotions, n_layers + 1,
+    # d) and class gaps (n_emotions, n_layers + 1); `present` marks emotions with at least one item
+    present: torch.Tensor = field(init=False, repr=False)
+    centre: dict[str, torch.Tensor] = field(init=False, repr=False)
+    unit: dict[str, torch.Tensor] = field(init=False, repr=False)
+    gap: dict[str, torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self):
         present = torch.tensor([c > 0 for c in self.counts])

@@ -102,7 +102,7 @@ def test_a_checkpoint_of_another_attack_is_refused(tiny_adapter, items, directio
 
 def test_pgd_raises_the_projection_on_the_voice_emotion_inside_the_budget(tiny_adapter, items, directions):
     chosen = _conflict(items, "A5-en")
-    config = dataclasses.replace(SMALL, steps=6, snr_db=35.0, checkpoint_every=0)
+    config = dataclasses.replace(SMALL, steps=6, snr_db=35.0, checkpoint_every=0, prompts_per_clip=4)
     history = []
     result = pgd.run(tiny_adapter, chosen, config, directions, callback=lambda step, parts: history.append(parts))
     assert history[-1]["persistence"] > history[0]["persistence"]
@@ -110,7 +110,7 @@ def test_pgd_raises_the_projection_on_the_voice_emotion_inside_the_budget(tiny_a
     written = result.perturbation(chosen[0], clean)
     assert written.abs().max() <= config.epsilon
     assert snr_db(clean.numpy(), written.numpy()) >= 35.0
-    assert result.queries == 6 * 2  # one clip, two prompts per step
+    assert result.queries == 6 * 4  # one clip, its four conflict prompts in every step
 
 
 def test_a_universal_delta_is_one_per_voice_emotion_and_spans_the_window(tiny_adapter, items, directions):
