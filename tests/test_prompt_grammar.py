@@ -79,7 +79,7 @@ def test_claim_position_puts_the_claim_where_it_says(items):
 
 def test_other_prompt_language_swaps_words_and_labels(items):
     item = next(i for i in items if i.condition == "conflict" and i.lang == "en")
-    prompt = render(GRAMMAR, dict(GRAMMAR.seed_prompt, prompt_lang="other"), item)
+    prompt = render(GRAMMAR, dict(GRAMMAR.seed_prompt, prompt_lang="other", answer="one_word"), item)
     assert prompt.claim == spec.label_words("zh")[item.text_emotion]
     assert spec.label_list("zh") in prompt.instruction
 
@@ -89,7 +89,7 @@ def test_rubric_numbers_the_steps_and_role_play_sets_a_persona():
     sample["claim/rubric"], sample["cue/tone"] = "text_says", "judge_tone"
     text = parts(GRAMMAR, sample, "en", "happy")["after_audio"]
     assert text.startswith("Follow this rubric. Step 1: The text says the emotion is happy. Step 2: Important:")
-    assert "Step 3: Answer with one word" in text
+    assert "Step 3: Answer with one emotion word." in text
     sample = dict(GRAMMAR.seed_prompt, family="role_play", persona="detective")
     sample["claim/role_play"] = "client"
     system = parts(GRAMMAR, sample, "zh", "{T}")["system"]
