@@ -138,9 +138,9 @@ def run_attack(args: argparse.Namespace, recorder: Recorder) -> int:
     persistence = summarize(clean_read, adv_read, targets, (config.from_layer, config.target_layer))
     metrics = _metrics(adapter, args, config, eval_items, clean_read, adv_read, persistence, clip_rows, result,
                        split, time.time() - started)
-    title = (f"{adapter.model_id}: clean vs adversarial (ε = {config.epsilon:g}); deepest separating layer "
-             f"{persistence['deepest_separating_layer']['clean']} → "
-             f"{persistence['deepest_separating_layer']['adversarial']}")
+    deepest = {k: "none" if v is None else v for k, v in persistence["deepest_separating_layer"].items()}
+    title = (f"{adapter.model_id}: clean vs adversarial (ε = {config.epsilon:g}); deepest layer where the probe "
+             f"reads the target: {deepest['clean']} → {deepest['adversarial']}")
     report.persistence_figure(persistence, out / "persistence.png", title)
     metrics["record"] = _record(adapter, args, config, metrics, out, recorder)
     atomic_write_json(out / "metrics.json", metrics)
