@@ -4,8 +4,9 @@ audio-flip (units: conflict items, voice emotion A, text asserting T != A): the 
 highest final logit (label words of the prompt's language); a flip is answer == A. A prompt ranks by flip rate first,
 and ties break on the mean logit-lens margin toward A, logit_l(A) - logit_l(T) averaged over the residual layers
 first..last of the window (logits):
-    score = flip_rate + sigmoid(margin) / (n_items + 1)
-The tie-breaker stays below one flip's step (1 / n_items), so it never outranks a flip.
+    score = flip_rate + sigmoid(margin) / (N + 1)
+with N the number of search items (also when scoring the pruner's slice of them, so slice and full scores share one
+scale). The tie-breaker stays below one flip's step (1 / n for n <= N items), so it never outranks a flip.
 
 text-control (units: Patch Text pairs of `probes.patching`: receiver = the consistent item, donor = the conflict item
 of the same clip, the instruction span copied): per pair and patched layer l in the window the normalized effect
@@ -253,12 +254,13 @@ class AudioFlip:
         return rows
 
     @staticmethod
-    def aggregate(rows: list[dict]) -> Score:
+    def aggregate(rows: list[dict], n_total: int | None = None) -> Score:
+        """The score of `rows`, a subset of `n_total` units (default: all of them)."""
         n = len(rows)
         rate = sum(r["flipped"] for r in rows) / n
         margin = float(np.mean([r["margin"] for r in rows]))
-        return Score(value=rate + _sigmoid(margin) / (n + 1), n_units=n, flip_rate=rate, margin=margin,
-                     tokens=float(np.mean([r["tokens"] for r in rows])))
+        return Score(value=rate + _sigmoid(margin) / (max(n_total or n, n) + 1), n_units=n, flip_rate=rate,
+                     margin=margin, tokens=float(np.mean([r["tokens"] for r in rows])))
 
 
 class TextControl:
@@ -300,7 +302,8 @@ class TextControl:
         return rows
 
     @staticmethod
-    def aggregate(rows: list[dict]) -> Score:
+    def aggregate(rows: list[dict], n_total: int | None = None) -> Score:
+        """The mean effect of `rows` (`n_total` is not needed: the mean has one scale)."""
         effects = [np.mean(r["effect"]) for r in rows if r["effect"] is not None]
         effect = float(np.mean(effects)) if effects else 0.0
         rate = float(np.mean([np.mean(r["flips"]) for r in rows]))

@@ -119,6 +119,8 @@ def test_score_ranks_by_flips_and_breaks_ties_by_margin():
     no_flip_good_margin = AudioFlip.aggregate(rows(0, 1.0))
     assert one_flip_bad_margin.value > no_flip_great_margin.value > no_flip_good_margin.value
     assert no_flip_great_margin.flip_rate == 0.0 and one_flip_bad_margin.flip_rate == 1 / 8
+    on_a_slice = AudioFlip.aggregate(rows(1, -50.0, n=4), n_total=8)  # the pruner's slice: the scale of all 8
+    assert on_a_slice.value - on_a_slice.flip_rate == pytest.approx(one_flip_bad_margin.value - 1 / 8)
 
 
 def test_text_control_effect_is_the_probes_patch_text_effect(tiny, probe_set):
