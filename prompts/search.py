@@ -181,8 +181,8 @@ def run(adapter: ModelAdapter, probe_set: ProbeSet, config: SearchConfig,
     mine = {"ran": 0, "scored": 0, "failures": 0, "error": "", "seconds": []}
 
     def score_trial(trial: optuna.Trial):
-        studies.claim_slot(study, trial, config.trials)
         trial.set_user_attr("worker", studies.worker_id())
+        studies.claim_slot(study, trial, config.trials)
         begin = time.perf_counter()
         sample = suggest(trial, grammar)
         trial.set_user_attr("prompt", describe(grammar, sample, langs))
@@ -197,7 +197,7 @@ def run(adapter: ModelAdapter, probe_set: ProbeSet, config: SearchConfig,
             rows = []
             if slice_size:
                 rows = objective.evaluate(asked, units[:slice_size])
-                partial = objective.aggregate(rows)
+                partial = objective.aggregate(rows, len(units))
                 trial.report(partial.value, 0)
                 if trial.should_prune():
                     _store(trial, partial, begin, scorer.forwards - forwards)
@@ -207,7 +207,7 @@ def run(adapter: ModelAdapter, probe_set: ProbeSet, config: SearchConfig,
         except ModalflipError as err:
             trial.set_user_attr("error", str(err))
             raise
-        score = objective.aggregate(rows)
+        score = objective.aggregate(rows, len(units))
         _store(trial, score, begin, scorer.forwards - forwards)
         mine["seconds"].append(time.perf_counter() - begin)
         mine["scored"] += 1
@@ -228,8 +228,13 @@ def run(adapter: ModelAdapter, probe_set: ProbeSet, config: SearchConfig,
     while True:
         studies.fail_dead_trials(study)
         done, running = studies.counts(study)
-        if done >= config.trials or done + running >= config.trials:
+        if done >= config.trials:
             break
+        if done + running >= config.trials:
+            if not studies.unclaimed(study):
+                break  # the missing trials run in live workers
+            time.sleep(1.0)  # a trial of a worker that may have died before recording itself: wait to know
+            continue
         if mine["failures"] >= MAX_FAILURES:
             raise ModalflipError(f"{MAX_FAILURES} prompts in a row could not be scored; the last error: "
                                  f"{mine['error']}")

@@ -6,10 +6,12 @@ are failed after `GRACE_SECONDS`; anything else is a journal file path (`study.l
 NFS (file locks).
 
 Counting (`--trials N` is the study's total of finished trials, complete or pruned, over all workers and runs):
-- Before each trial a worker fails the trials of dead workers it can see: RUNNING trials started by a process of
-  this host that no longer exists (a SIGKILLed run), and RUNNING trials that never recorded a worker and are older
-  than `GRACE_SECONDS`.
-- A worker stops when N trials are finished, or when the missing ones are all running in live workers.
+- A trial records its worker (host, pid, process start time) as its first act. Before each trial a worker fails the
+  trials of dead workers it can see: RUNNING trials started by a process of this host that no longer exists (a
+  SIGKILLed run), and RUNNING trials that recorded no worker within `UNCLAIMED_SECONDS` (a kill in the few
+  milliseconds between the storage creating a trial and the trial recording its worker).
+- A worker stops when N trials are finished, or when the missing ones are all running in live workers; it waits
+  while some of them have not recorded their worker yet.
 - Trial numbers come from the storage, which assigns them atomically. A new trial counts the finished and running
   trials numbered below it; if N of them are there already, it lost the race for the last slot to another worker and
   is failed at once as a surplus (user attr `surplus`, no parameters sampled, not counted).
@@ -30,6 +32,7 @@ from common.errors import ModalflipError
 
 HEARTBEAT_SECONDS = 20
 GRACE_SECONDS = 90
+UNCLAIMED_SECONDS = 30
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -112,12 +115,20 @@ def _alive(worker: str) -> bool:
     return stat[0] not in ("Z", "X") and stat[19] == ticks
 
 
+def _age(trial: FrozenTrial) -> float:
+    return time.time() - (trial.datetime_start.timestamp() if trial.datetime_start else time.time())
+
+
 def _dead(trial: FrozenTrial) -> bool:
     worker = trial.user_attrs.get("worker")
     if worker is None:
-        started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
-        return time.time() - started > GRACE_SECONDS
+        return _age(trial) > UNCLAIMED_SECONDS
     return worker.split("/")[0] == HOST and not _alive(worker)
+
+
+def unclaimed(study: optuna.Study) -> int:
+    """RUNNING trials that have not recorded their worker yet (and are not old enough to be called dead)."""
+    return sum("worker" not in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:

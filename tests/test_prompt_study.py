@@ -117,7 +117,7 @@ def test_a_trial_beyond_the_target_is_a_surplus_and_not_counted():
     assert late.user_attrs["surplus"] is True
 
 
-def test_running_trials_of_dead_workers_are_failed_live_ones_kept():
+def test_running_trials_of_dead_workers_are_failed_live_ones_kept(monkeypatch):
     study = optuna.create_study()
     live = study.ask()
     live.set_user_attr("worker", studies.worker_id())
@@ -125,8 +125,12 @@ def test_running_trials_of_dead_workers_are_failed_live_ones_kept():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     dead.set_user_attr("worker", f"{studies.HOST}/{child.pid}/1")
+    unclaimed = study.ask()  # no worker recorded yet: alive for UNCLAIMED_SECONDS, then dead
     assert studies.fail_dead_trials(study) == [dead.number]
-    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL]
+    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING]
+    assert studies.unclaimed(study) == 1
+    monkeypatch.setattr(studies, "UNCLAIMED_SECONDS", -1)
+    assert studies.fail_dead_trials(study) == [unclaimed.number]
 
 
 def _worker(tiny_dir, out, trials: int, seed: int, storage: str | None = None, name: str = "shared",
@@ -186,6 +190,16 @@ def test_two_worker_processes_share_one_postgresql_study(tiny_dir, tmp_path):
         optuna.delete_study(study_name=name, storage=studies.open_storage(url))
 
 
+def _poll(storage: str) -> tuple[list, list]:
+    """(finished trials, running trials that recorded their worker); empty while the worker creates the study."""
+    try:
+        study = optuna.load_study(study_name=None, storage=storage)
+        running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "worker" in t.user_attrs]
+        return study.get_trials(states=COUNTED), running
+    except Exception:  # tables or study not there yet (any SQLAlchemy or Optuna error): poll again
+        return [], []
+
+
 def test_a_killed_run_loses_at_most_its_running_trial_and_resumes(tiny_dir, tmp_path):
     out, target = tmp_path / "run", 8
     storage = f"sqlite:///{out / 'study.db'}"
@@ -194,12 +208,8 @@ def test_a_killed_run_loses_at_most_its_running_trial_and_resumes(tiny_dir, tmp_
     finished: list = []
     while time.time() < deadline and proc.poll() is None:
         if (out / "study.db").exists():
-            try:
-                study = optuna.load_study(study_name=None, storage=storage)
-                finished = study.get_trials(states=COUNTED)
-            except Exception:  # tables or study not there yet (any SQLAlchemy or Optuna error): poll again
-                finished = []
-            if finished:
+            finished, running = _poll(storage)
+            if finished and running:  # in the middle of a trial
                 break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
