@@ -50,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
                    help="audio-flip: flip rate toward the voice's emotion, ties broken by the mean lens margin toward "
                         "it over --layers; text-control: the Patch Text effect over --layers")
     p.add_argument("--layers", default="5-20", help="residual layer window FIRST-LAST (0 = embeddings)")
-    p.add_argument("--multi-objective", action="store_true",
+    p.add_argument("--nsga2", action="store_true",
                    help="NSGA-II on two objectives at once: the score (maximized) and prompt length in tokens "
                         "(minimized); no pruning")
     p.add_argument("--storage", help="Optuna storage: an SQLAlchemy URL (sqlite:///..., postgresql+psycopg://...) "
@@ -76,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
 
 def default_study_name(args: argparse.Namespace, layers: tuple[int, int]) -> str:
     model = "organism" if args.model == "organism" else Path(args.model.rstrip("/")).name
-    name = f"{model}-{args.objective}-{args.lang}-L{layers[0]}-{layers[1]}" + ("-nsga2" if args.multi_objective else "")
+    name = f"{model}-{args.objective}-{args.lang}-L{layers[0]}-{layers[1]}" + ("-nsga2" if args.nsga2 else "")
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
 
 
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     search_items, heldout_items = split_items(items)
     stimulus_hash = spec.stimulus_set_hash(args.stimuli)
     config = SearchConfig(study_name=study_name, storage=storage, trials=args.trials, objective=args.objective,
-                          layers=layers, multi_objective=args.multi_objective, slice_size=args.slice,
+                          layers=layers, multi_objective=args.nsga2, slice_size=args.slice,
                           startup_trials=args.startup_trials, batch_size=args.batch_size, cache=args.cache,
                           prefix_cache_mb=args.prefix_cache_mb,
                           seed=args.seed, grammar_path=args.grammar, model_hash=config_hash(adapter),
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     trials_csv(result, out / "trials.csv")
     score_plot(result, args, out / "score_over_trials.png")
     report = {"study": study_name, "storage": result.storage, "objective": args.objective, "layers": list(layers),
-              "multi_objective": args.multi_objective, "finished_trials": result.finished,
+              "multi_objective": args.nsga2, "finished_trials": result.finished,
               "target_trials": args.trials, "still_running": result.running, "grammar_hash": grammar.hash,
               "split": SPLIT_RULE, "search_clips": sorted({i.clip_id for i in search_items}),
               "heldout_clips": sorted({i.clip_id for i in heldout_items}),
@@ -173,7 +173,7 @@ def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args
                           slots=best["slots"], prompt=best["prompt"], search_score=best["value"],
                           search_flip_rate=best["flip_rate"], grammar_hash=grammar.hash,
                           grammar_version=grammar.data.get("version"), split=SPLIT_RULE,
-                          multi_objective=args.multi_objective, cache=args.cache))
+                          multi_objective=args.nsga2, cache=args.cache))
         records.append(str(write_record(record, args.runs_dir)))
     return {"trial": best["number"], "slots": best["slots"], "n_items": found.n, "flips": found.flips,
             "flip_rate": round(found.flip_rate, 4), "ci": [round(v, 4) for v in found.ci],
