@@ -37,6 +37,16 @@ def tiny_qwen2_audio(n_layers: int = 4, seed: int = 0):
     return ModelAdapter(model, processor, FAMILY, model_id=f"tiny-qwen2-audio-{n_layers}")
 
 
+def sensitive_tiny_qwen2_audio():
+    """`tiny_qwen2_audio(5 layers, seed 3)` with embeddings and head rescaled so that a changed word moves the
+    answer logits by more than 0.1 (plain random init barely lets one token reach the answer position)."""
+    adapter = tiny_qwen2_audio(n_layers=5, seed=3)
+    with torch.no_grad():
+        torch.nn.init.normal_(adapter.embed_tokens.weight, std=1.0)
+        torch.nn.init.normal_(adapter.lm_head.weight, std=0.5)
+    return adapter
+
+
 @pytest.fixture(scope="session")
 def tiny_adapter():
     return tiny_qwen2_audio()

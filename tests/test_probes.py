@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, tiny_qwen2_audio
+from conftest import ROOT, sensitive_tiny_qwen2_audio
 from models.forward import run_traced
 from probes import logit_lens, patching
 from probes.inputs import load_probe_set
@@ -18,12 +18,7 @@ from stimuli.conditions import seed_items
 
 @pytest.fixture(scope="module")
 def tiny():
-    """Random weights at a scale where a changed word moves the answer logits by more than 0.1."""
-    adapter = tiny_qwen2_audio(n_layers=5, seed=3)
-    with torch.no_grad():
-        torch.nn.init.normal_(adapter.embed_tokens.weight, std=1.0)
-        torch.nn.init.normal_(adapter.lm_head.weight, std=0.5)
-    return adapter
+    return sensitive_tiny_qwen2_audio()
 
 
 @pytest.fixture(scope="module")

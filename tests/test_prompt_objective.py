@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_qwen2_audio
+from conftest import sensitive_tiny_qwen2_audio
 from models.forward import run_traced
 from probes import patching
 from probes.inputs import load_probe_set
@@ -28,12 +28,7 @@ SAMPLES = {
 
 @pytest.fixture(scope="module")
 def tiny():
-    """Random weights at a scale where a changed word moves the answer (as in test_probes.py)."""
-    adapter = tiny_qwen2_audio(n_layers=5, seed=3)
-    with torch.no_grad():
-        torch.nn.init.normal_(adapter.embed_tokens.weight, std=1.0)
-        torch.nn.init.normal_(adapter.lm_head.weight, std=0.5)
-    return adapter
+    return sensitive_tiny_qwen2_audio()
 
 
 @pytest.fixture(scope="module")
