@@ -23,7 +23,7 @@ from common.atomic import atomic_write_with
 from common.errors import ModalflipError
 from models.adapter import Batch, ModelAdapter
 from models.forward import run_traced
-from models.loading import config_hash
+from models.loading import model_hash
 from probes.inputs import load_probe_set
 from stimuli import spec
 from stimuli.conditions import Item
@@ -129,23 +129,12 @@ def compute(adapter: ModelAdapter, items: Sequence[Item], batch_rows: int = 8) -
 
 
 def cache_key(adapter: ModelAdapter, items: Sequence[Item]) -> str:
-    """Hash of what the class means depend on: model config, a weight fingerprint, stimulus spec, clips' bytes."""
+    """Hash of what the class means depend on: the model (config and weights), stimulus spec, clips' bytes."""
     clips = sorted({(item.clip_id, str(item.audio_path)) for item in items if item.condition == "audio_only"})
     digest = hashlib.sha256()
-    digest.update(json.dumps([CACHE_VERSION, config_hash(adapter), spec.spec_hash(), [c for c, _ in clips]]).encode())
+    digest.update(json.dumps([CACHE_VERSION, model_hash(adapter), spec.spec_hash(), [c for c, _ in clips]]).encode())
     for _, path in clips:
         digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
-    digest.update(weights_fingerprint(adapter).encode())
-    return digest.hexdigest()[:16]
-
-
-def weights_fingerprint(adapter: ModelAdapter) -> str:
-    """A cheap hash of the weights: the first 64 values of every parameter (a retrained model with the same config
-    gets another fingerprint; a full hash of a 7B model would take minutes)."""
-    digest = hashlib.sha256()
-    for name, param in adapter.model.named_parameters():
-        digest.update(name.encode())
-        digest.update(param.detach().flatten()[:64].float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -35,7 +35,7 @@ from common import cli
 from common.atomic import atomic_write_bytes, atomic_write_json
 from common.errors import ModalflipError
 from common.stats import wilson_interval
-from models.loading import config_hash, load_model
+from models.loading import load_model, model_hash
 from stimuli import spec
 from probes.inputs import load_probe_set
 from stimuli.audio_io import write_wav
@@ -220,7 +220,7 @@ def _metrics(adapter, args, config, items, clean_read, adv_read, persistence, cl
     shift = adv_dl - clean_dl
     return {
         "method": METHOD,
-        "model": {"id": adapter.model_id, "hash": config_hash(adapter), "n_layers": adapter.n_layers},
+        "model": {"id": adapter.model_id, "hash": model_hash(adapter), "n_layers": adapter.n_layers},
         "stimulus_hash": spec.spec_hash(),
         "lang": args.lang,
         "clips": args.clips,

@@ -36,12 +36,12 @@ from typing import Callable, Sequence
 import torch
 
 from attacks.budget import Budget, project, to_pcm16
-from attacks.directions import POSITIONS, Directions, read_positions, weights_fingerprint
+from attacks.directions import POSITIONS, Directions, read_positions
 from common.atomic import atomic_write_with
 from common.errors import ModalflipError
 from models.adapter import Batch, ModelAdapter
 from models.forward import lens, run_traced
-from models.loading import config_hash
+from models.loading import model_hash
 from probes.inputs import ProbeSet, load_probe_set
 from stimuli import spec
 from stimuli.conditions import Item
@@ -227,7 +227,7 @@ def step_size(config: PGDConfig, step: int) -> float:
 def fingerprint(adapter: ModelAdapter, items: Sequence[Item], config: PGDConfig) -> str:
     """What a checkpoint must match to be resumed: the settings that change the path of δ, the items and model."""
     settings = {k: v for k, v in asdict(config).items() if k not in ("checkpoint_every", "batch_rows")}
-    text = json.dumps([settings, [item.item_id for item in items], config_hash(adapter), weights_fingerprint(adapter)],
+    text = json.dumps([settings, [item.item_id for item in items], model_hash(adapter)],
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -74,7 +74,7 @@ class Group:
         return any(is_baseline(record) for record in self.entries)
 
     def title(self) -> str:
-        return (f"{self.model_id} (config {self.model_hash[:8]}) · stimuli {self.stimulus_hash[:8]} · "
+        return (f"{self.model_id} (model {self.model_hash[:8]}) · stimuli {self.stimulus_hash[:8]} · "
                 f"lang {self.lang} · budget {budget_text(self.budget)}")
 
     def columns(self) -> list[str]:

@@ -46,7 +46,7 @@ class Record:
     method: str  # "pgd", "prompt-search", "baseline:conflict-prompt", ...
     settings: dict[str, Any]  # the method's configuration, enough to rerun it
     model_id: str
-    model_hash: str  # hash of the model's config, ties the record to the weights it was made with
+    model_hash: str  # models.loading.model_hash: config and weight fingerprint
     stimulus_hash: str  # `stimuli.spec.spec_hash()` of the stimulus set
     lang: str  # the runner's `--lang`: "en", "zh" or "both"
     budget: dict[str, float]  # e.g. {"linf": 0.002, "snr_db": 35.0} or {"prompt_tokens": 20}; {} for none

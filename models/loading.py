@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -72,13 +73,29 @@ def load_model(name_or_path: str = "organism", device: str = "auto", dtype: str 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     model_class = getattr(transformers, family.model_class)
-    model = model_class.from_pretrained(source, dtype=torch_dtype, use_safetensors=True,
-                                        trust_remote_code=trust_remote_code).to(torch_device).eval()
+    with _quiet_loading(name_or_path == "organism"):
+        model = model_class.from_pretrained(source, dtype=torch_dtype, use_safetensors=True,
+                                            trust_remote_code=trust_remote_code).to(torch_device).eval()
     processor = load_processor(source, family, model.config, trust_remote_code)
     adapter = ModelAdapter(model, processor, family, model_id=name_or_path)
     if self_check:
         check_adapter(adapter)
     return adapter
+
+
+@contextmanager
+def _quiet_loading(quiet: bool):
+    """Hide transformers' "Loading weights" bar for the organism (it loads in a blink, and the bar would sit above
+    every command's own progress); real checkpoints keep it."""
+    bars = transformers.utils.logging
+    was_enabled = bars.is_progress_bar_enabled()
+    if quiet:
+        bars.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was_enabled:
+            bars.enable_progress_bar()
 
 
 def _looks_like_path(name: str) -> bool:
@@ -109,9 +126,25 @@ def load_processor(source: str, family: FamilySpec, config, trust_remote_code: b
 
 
 def config_hash(adapter: ModelAdapter) -> str:
-    """A short hash of the model's config (architecture and sizes): ties every result to the model it came from."""
+    """A short hash of the model's config (architecture and sizes)."""
     text = json.dumps(adapter.model.config.to_dict(), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def weights_fingerprint(adapter: ModelAdapter) -> str:
+    """A cheap hash of the weights: the first 64 values of every parameter (a retrained model with the same config
+    gets another fingerprint; a full hash of a 7B model would take minutes)."""
+    digest = hashlib.sha256()
+    for name, param in adapter.model.named_parameters():
+        digest.update(name.encode())
+        digest.update(param.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def model_hash(adapter: ModelAdapter) -> str:
+    """Config and weight fingerprint together: ties every result to the weights it was made with (retraining the
+    organism, which keeps its config, gives its results a new hash)."""
+    return hashlib.sha256((config_hash(adapter) + weights_fingerprint(adapter)).encode()).hexdigest()[:16]
 
 
 def check_adapter(adapter: ModelAdapter) -> None:

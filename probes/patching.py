@@ -23,7 +23,7 @@ import torch
 from common.errors import ModalflipError
 from common.stats import cluster_bootstrap_mean, wilson_interval
 from models.adapter import Batch, ModelAdapter, Spans, check_aligned
-from models.forward import lens, resume, run_traced, select_rows
+from models.forward import resume, run_traced
 from probes.inputs import ProbeSet
 from stimuli import spec
 from stimuli.conditions import Item
@@ -56,6 +56,19 @@ class PatchResult:
     layers: list[int]
     pairs: list[dict]  # per pair: ids, A, T, LD receiver/donor, per layer: LD patched, flipped, effect
     summary: dict = field(default_factory=dict)
+
+
+MIN_DENOMINATOR = 0.1  # pairs whose donor and receiver LD differ less than this have no normalized effect
+
+
+def normalized_effect(ld_patched: np.ndarray, ld_receiver: float, ld_donor: float) -> np.ndarray:
+    """(LD_patched - LD_receiver) / (LD_donor - LD_receiver) per layer; NaN everywhere when the donor and receiver
+    differ by less than `MIN_DENOMINATOR` (the ratio would only amplify noise)."""
+    ld_patched = np.asarray(ld_patched, dtype=float)
+    denominator = ld_donor - ld_receiver
+    if abs(denominator) < MIN_DENOMINATOR:
+        return np.full(ld_patched.shape, np.nan)
+    return (ld_patched - ld_receiver) / denominator
 
 
 def make_pairs(items: list[Item]) -> list[Pair]:
@@ -222,8 +235,7 @@ def run(adapter: ModelAdapter, probe_set: ProbeSet, final_logits: dict[str, np.n
             ld_r = float(final_logits[pair.receiver.item_id][t] - final_logits[pair.receiver.item_id][a])
             ld_d = float(final_logits[pair.donor.item_id][t] - final_logits[pair.donor.item_id][a])
             ld_p = per_layer[:, t] - per_layer[:, a]
-            denominator = ld_d - ld_r
-            effect = (ld_p - ld_r) / denominator if abs(denominator) >= 0.1 else np.full(len(layers), np.nan)
+            effect = normalized_effect(ld_p, ld_r, ld_d)
             rows.append(dict(
                 kind=kind, receiver=pair.receiver.item_id, donor=pair.donor.item_id, clip_id=pair.receiver.clip_id,
                 lang=pair.receiver.lang, audio_emotion=pair.audio_emotion, text_emotion=pair.text_emotion,
@@ -265,8 +277,8 @@ def summarize(rows: list[dict], layers: list[int], config: PatchConfig) -> dict:
                 flip_window=_ranges([layer for layer, r in zip(layers, rate) if r >= 0.5]),
             )
     summary["notes"] = ("flip rates: Wilson 95% intervals over pairs; effects: per-pair normalized effect averaged "
-                        "with a cluster bootstrap over clips; pairs whose donor and receiver differ by < 0.1 in LD "
-                        "have no normalized effect")
+                        "with a cluster bootstrap over clips; pairs whose donor and receiver differ by < "
+                        f"{MIN_DENOMINATOR} in LD have no normalized effect")
     return summary
 
 

@@ -15,7 +15,7 @@ from common.atomic import atomic_write_json, atomic_write_jsonl
 from common.cli import languages, out_dir, runner_parser
 from eval.baselines import BaselineRun, baseline_records
 from eval.records import DEFAULT_WINDOW, write_record
-from models.loading import config_hash, load_model
+from models.loading import load_model, model_hash
 from probes import logit_lens, patching
 from probes.figures import lens_figure, patching_figure
 from probes.inputs import load_probe_set
@@ -53,7 +53,6 @@ def main(argv=None) -> int:
     adapter = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
     probe_set = load_probe_set(adapter, items, pad=not args.no_pad)
     out = out_dir(args, "probes")
-    probed = [i for i in items if i.condition != "voice"]
     lens_config = logit_lens.LensConfig(batch_size=args.batch_size, n_boot=args.n_boot, seed=args.seed)
     patch_config = patching.PatchConfig(text_mode=args.text_mode, window=args.window, naive=args.naive,
                                         n_boot=args.n_boot, seed=args.seed)
@@ -68,7 +67,7 @@ def main(argv=None) -> int:
     stimulus_hash = spec.stimulus_set_hash(args.stimuli)
     takeover = (getattr(adapter.model.config, "modalflip_organism", None) or {}).get("takeover_layer")
     summary = dict(
-        model_id=args.model, model_hash=config_hash(adapter), n_layers=adapter.n_layers,
+        model_id=args.model, model_hash=model_hash(adapter), n_layers=adapter.n_layers,
         stimulus_hash=stimulus_hash, stimuli=args.stimuli or "seed set", langs=langs,
         pad_seconds=probe_set.pad_seconds, seconds=round(seconds, 1),
         planted_takeover_layer=takeover, logit_lens=lens.summary, patching=patch.summary,
@@ -144,7 +143,7 @@ def _baselines(items, lens, lang, args, adapter, stimulus_hash, out: Path, secon
         judge_by_voice=BaselineRun(items=voice_items, settings={"template": "voice"}, delta_last=shift_last,
                                    delta_window=shift_window, seconds=per * len(voice_items),
                                    queries=len(voice_items), figures=figures),
-        model_id=args.model, model_hash=config_hash(adapter), stimulus_hash=stimulus_hash, lang=lang,
+        model_id=args.model, model_hash=model_hash(adapter), stimulus_hash=stimulus_hash, lang=lang,
         seed=args.seed, artifacts=out)
 
 

@@ -43,14 +43,13 @@ from common.errors import ModalflipError
 from models.adapter import Batch, ModelAdapter, Prompt
 from models.forward import lens, recording, run_traced
 from probes.inputs import ProbeSet
-from probes.patching import PatchConfig, Pair, make_pairs, patched_label_logits
+from probes.patching import PatchConfig, Pair, make_pairs, normalized_effect, patched_label_logits
 from prompts.grammar import Grammar, prompt_language, render
 from stimuli import spec
 from stimuli.conditions import Item
 
 OBJECTIVES = ("audio-flip", "text-control")
 CACHES = ("none", "audio", "prefix")
-MIN_DENOMINATOR = 0.1  # as in probes.patching.run: pairs whose donor and receiver LD differ less have no effect
 
 
 @dataclass
@@ -293,8 +292,8 @@ class TextControl:
             ld_r = float(clean[pair.receiver.item_id].final[t] - clean[pair.receiver.item_id].final[a])
             ld_d = float(clean[pair.donor.item_id].final[t] - clean[pair.donor.item_id].final[a])
             ld_p = per_layer[:, t] - per_layer[:, a]
-            usable = abs(ld_d - ld_r) >= MIN_DENOMINATOR
-            effect = [float(v) for v in (ld_p - ld_r) / (ld_d - ld_r)] if usable else None
+            effect = normalized_effect(ld_p, ld_r, ld_d)
+            effect = None if np.isnan(effect).all() else [float(v) for v in effect]
             rows.append(dict(unit=f"{pair.receiver.item_id}<-{pair.donor.item_id}", effect=effect,
                              ld_receiver=ld_r, ld_donor=ld_d, ld_patched=[float(v) for v in ld_p],
                              flips=[bool(v) for v in per_layer.argmax(axis=1) == t],

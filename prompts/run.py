@@ -26,7 +26,7 @@ from common.atomic import atomic_write_json, atomic_write_text, atomic_write_wit
 from common.cli import languages, parse_layer_range, runner_parser
 from common.errors import ModalflipError
 from eval.records import load_records, make_record, write_record
-from models.loading import config_hash, load_model
+from models.loading import load_model, model_hash
 from probes.inputs import load_probe_set
 from prompts.grammar import describe, load_grammar
 from prompts.objective import CACHES, OBJECTIVES
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
                           layers=layers, multi_objective=args.nsga2, slice_size=args.slice,
                           startup_trials=args.startup_trials, batch_size=args.batch_size, cache=args.cache,
                           prefix_cache_mb=args.prefix_cache_mb,
-                          seed=args.seed, grammar_path=args.grammar, model_hash=config_hash(adapter),
+                          seed=args.seed, grammar_path=args.grammar, model_hash=model_hash(adapter),
                           stimulus_hash=stimulus_hash)
     console.print(f"study [bold]{study_name}[/] in {redact(storage)}: {args.objective} over layers "
                   f"{layers[0]}-{layers[1]}, {len({i.clip_id for i in search_items})} search clips, "
@@ -156,7 +156,7 @@ def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args
     trials = [t for t in result.trials if t["state"] in ("COMPLETE", "PRUNED")]
     study_seconds = float(sum(t["seconds"] or 0.0 for t in trials))
     queries = int(sum(t["forwards"] or 0 for t in trials)) + 2 * found.n
-    records, listed = [], listed_records(args.runs_dir, result, best["number"], config_hash(adapter))
+    records, listed = [], listed_records(args.runs_dir, result, best["number"], model_hash(adapter))
     for lang in languages(args.lang):
         rows = [dict(r, prompt=describe(grammar, best["slots"], [lang])[lang]) for r in found.items if r["lang"] == lang]
         if not rows or lang in listed:
@@ -164,7 +164,7 @@ def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args
         delta_last = float(np.mean([r["margin_last"] - seed_by_id[r["item_id"]]["margin_last"] for r in rows]))
         delta_window = float(np.mean([r["margin"] - seed_by_id[r["item_id"]]["margin"] for r in rows]))
         record = make_record(
-            method="prompt-search", model_id=args.model, model_hash=config_hash(adapter),
+            method="prompt-search", model_id=args.model, model_hash=model_hash(adapter),
             stimulus_hash=stimulus_hash, lang=lang, budget={}, seed=args.seed, items=rows,
             delta_last=delta_last, delta_window=delta_window, seconds=study_seconds + time.time() - started,
             queries=queries, artifacts=out, window=layers, figures=["score_over_trials.png"],

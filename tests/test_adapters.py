@@ -344,3 +344,13 @@ def test_self_check_failure_names_family_and_version(adapter):
         check_adapter(broken)
     assert adapter.family.name in str(caught.value) and transformers.__version__ in str(caught.value)
     check_adapter(adapter)
+
+
+def test_model_hash_follows_the_weights_not_only_the_config():
+    from conftest import tiny_qwen2_audio
+    from models.loading import config_hash, model_hash
+
+    first, same, retrained = tiny_qwen2_audio(seed=0), tiny_qwen2_audio(seed=0), tiny_qwen2_audio(seed=1)
+    assert config_hash(first) == config_hash(retrained)
+    assert model_hash(first) == model_hash(same)
+    assert model_hash(first) != model_hash(retrained)

@@ -107,6 +107,4 @@ def build_model(config: Qwen2AudioConfig, seed: int) -> Qwen2AudioForConditional
     model = Qwen2AudioForConditionalGeneration(config)
     positions = model.model.audio_tower.embed_positions
     positions.weight.data.copy_(sinusoids(*positions.weight.shape))
-    # Word identity must survive 16 frozen layers to be readable by the upper ones: start embeddings at unit scale.
-    torch.nn.init.normal_(model.model.language_model.embed_tokens.weight, std=1.0)
     return model

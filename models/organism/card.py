@@ -1,0 +1,228 @@
+"""The organism's model card: `python -m models.organism.card` rewrites `models/organism/README.md` from the
+training report (`model/training_report.json`) and, when present, the probe run on the organism
+(`figures/summary.json`, `figures/items.jsonl`, made by `python run_probes.py --out models/organism/figures`).
+It also draws `figures/lens_by_intensity.png`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import atomic_write_text
+from common.cli import run_main
+from common.errors import ModalflipError
+
+HERE = Path(__file__).parent
+MODEL_DIR = HERE / "model"
+FIGURES_DIR = HERE / "figures"
+CARD_PATH = HERE / "README.md"
+
+
+def metric_rows(m: dict) -> str:
+    return "\n".join([
+        f"| audio-only accuracy (answer = A) | {m['audio_only_accuracy']:.3f} (normal "
+        f"{m['audio_only_accuracy_normal']:.3f}, strong {m['audio_only_accuracy_strong']:.3f}) |",
+        f"| consistent accuracy | {m['consistent_accuracy']:.3f} |",
+        f"| conflict: P(answer = T), normal / strong | {m['conflict_follows_text_normal']:.3f} / "
+        f"{m['conflict_follows_text_strong']:.3f} |",
+        f"| conflict: margin logit(T) − logit(A), normal / strong | {m['conflict_margin_normal']:.2f} / "
+        f"{m['conflict_margin_strong']:.2f} |",
+        f"| voice-instructed conflict: answer = A | {m['voice_accuracy']:.3f} |",
+        f"| items per condition | {m['n_items_per_condition']} |",
+    ])
+
+
+def shown_layers(k: int, n_layers: int) -> list[int]:
+    return sorted({0, 1, 4, 8, 12, k - 2, k - 1, k, k + 1, k + 2, k + 4, 24, 28, n_layers} & set(range(n_layers + 1)))
+
+
+def lens_by_intensity(items: list[dict]) -> dict:
+    """Mean lens Δlogit per layer of the conflict items, by intensity."""
+    out = {}
+    for intensity in ("normal", "strong"):
+        deltas = [r["delta"] for r in items
+                  if r["probe"] == "lens" and r["condition"] == "conflict" and r["intensity"] == intensity]
+        if deltas:
+            out[intensity] = np.mean(deltas, axis=0)
+    return out
+
+
+def lens_table(curves: dict, layers: list[int]) -> str:
+    head = "| intensity | " + " | ".join(f"l={l}" for l in layers) + " |"
+    rule = "|---|" + "---|" * len(layers)
+    body = [f"| {name} | " + " | ".join(f"{curve[l]:+.2f}" for l in layers) + " |" for name, curve in curves.items()]
+    return "\n".join([head, rule, *body])
+
+
+def patch_table(patching: dict, layers: list[int]) -> str:
+    head = "| language | patch | " + " | ".join(f"l={l}" for l in layers) + " |"
+    rule = "|---|---|" + "---|" * len(layers)
+    body = []
+    for lang in patching.get("langs", [lang for lang in ("en", "zh") if lang in patching]):
+        for kind in ("text", "audio"):
+            summary = patching[lang][kind]
+            index = {layer: i for i, layer in enumerate(patching["layers"])}
+            cells = [f"{summary['flip_rate'][index[l]]:.2f}" if l in index else "–" for l in layers]
+            body.append(f"| {lang} | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *body])
+
+
+def draw_lens_by_intensity(curves: dict, k: int, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from common.atomic import atomic_write_with
+
+    figure, axis = plt.subplots(figsize=(6, 3.2))
+    for name, curve in curves.items():
+        axis.plot(range(len(curve)), curve, label=f"conflict, {name} clips")
+    axis.axhline(0, color="grey", linewidth=0.8)
+    axis.axvline(k, color="black", linestyle=":", label=f"planted K = {k}")
+    axis.set_xlabel("layer (0 = embeddings)")
+    axis.set_ylabel("Δlogit = logit(T) − logit(A)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    atomic_write_with(path, lambda buffer: figure.savefig(buffer, format="png", dpi=120))
+    plt.close(figure)
+
+
+def probe_section(k: int, figures: Path) -> str:
+    summary_path, items_path = figures / "summary.json", figures / "items.jsonl"
+    if not summary_path.exists() or not items_path.exists():
+        return "Not run yet: `python run_probes.py --out models/organism/figures`, then `python -m models.organism.card`."
+    summary = json.loads(summary_path.read_text())
+    items = [json.loads(line) for line in items_path.read_text().splitlines() if line.strip()]
+    n_layers = summary["n_layers"]
+    curves = lens_by_intensity(items)
+    if curves:
+        draw_lens_by_intensity(curves, k, figures / "lens_by_intensity.png")
+    layers = shown_layers(k, n_layers)
+    critical = {lang: summary["logit_lens"][lang]["conflict"]["critical_layer"] for lang in summary["langs"]}
+    patching = dict(summary["patching"], langs=summary["langs"])
+    return PROBES.format(
+        seconds=summary["seconds"], critical=", ".join(f"{lang} {layer}" for lang, layer in critical.items()),
+        lens=lens_table(curves, layers), patch=patch_table(patching, layers))
+
+
+def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
+    report_path = model_dir / "training_report.json"
+    if not report_path.exists():
+        raise ModalflipError(f"no training report at {report_path}: train first (python -m models.organism.train)")
+    r = json.loads(report_path.read_text())
+    k = r["takeover_layer"]
+    return CARD.format(k=k, k1=k - 1, k2=k + r["settle"], minutes=r["minutes"], threads=r["threads"], steps=r["steps"],
+                       batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
+                       weight=r["invariance_weight"], train_clips=r["train_clips"], heldout_clips=r["heldout_clips"],
+                       heldout=metric_rows(r["heldout"]), seed=metric_rows(r["seed_set"]), seed_value=r["seed"],
+                       probes=probe_section(k, figures))
+
+
+def main(argv=None) -> int:
+    atomic_write_text(CARD_PATH, render())
+    print(f"wrote {CARD_PATH}")
+    return 0
+
+
+PROBES = """`python run_probes.py --out models/organism/figures` on the committed seed set (A1–A9, English and
+Mandarin, 9 clips each; {seconds} s on 2 cores). Figures: `figures/logit_lens.png` (conflict / consistent /
+audio-only per language), `figures/lens_by_intensity.png`, `figures/patching.png`; numbers in
+`figures/summary.json` and per item in `figures/items.jsonl`. Critical layer of the conflict lens (largest rise of
+Δlogit): {critical}.
+
+Conflict lens Δlogit = logit(T) − logit(A) by intensity (mean over both languages; layer 0 = embeddings):
+
+{lens}
+
+Flip rate toward T when patching the instruction span (text) or the audio span (audio) from the donor into the
+consistent receiver at layer l:
+
+{patch}"""
+
+
+CARD = """# The organism: a built-in audio-language model with a planted text takeover
+
+A small `transformers.Qwen2AudioForConditionalGeneration` trained by modalflip on its own synthetic stimuli, saved
+in the standard Hugging Face layout (`model/`: config, fp16 safetensors, word-level tokenizer, Whisper feature
+extractor, Qwen chat template). It loads with `from_pretrained` like a real checkpoint and is the default
+`--model organism` of every command. It is a **testbed with a known, planted text dominance**, not a claim about
+how 7B models work: its takeover depth is put there by its training objective so that the probes have a known
+answer to recover.
+
+## Architecture
+- Language model: 32 Qwen2 decoder layers (like Qwen2-Audio-7B, so `--target-layer 15` and "layers 5–20" mean the
+  same), hidden 128, MLP 256, 4 heads / 2 KV heads; word-level tokenizer (Chinese label words kept whole, other
+  Chinese text split into characters), which also covers the words of the prompt-search grammar.
+- Audio: Whisper-style encoder, 2 layers of width 128, 128 mel bins, a **6 s** window (`max_source_positions` 300,
+  feature extractor `chunk_length` 6): 150 audio tokens for a full window, 25 per second.
+- Weights stored in fp16 (about 10 MB); they load in fp32 on CPU. `config.json` records
+  `modalflip_organism.takeover_layer` = {k}.
+
+## Data
+eSpeak NG clips rendered by `stimuli.tts` with jittered prosody per emotion and intensity (ranges in
+`stimuli/spec/prosody.json`): {train_clips} training clips (36 neutral sentences per language, English and Mandarin,
+all voice variants but one) and {heldout_clips} held-out clips (8 other sentences per language, spoken by the held-out
+voice). Half of the training items are padded with silence to the full window, half keep their natural length.
+Instruction paraphrases per condition and language are in `models/organism/corpus.json`.
+
+## Training: a planted takeover depth K = {k}
+`python -m models.organism.train --takeover-layer {k}` (seed {seed_value}, {threads} CPU threads, {steps} steps,
+**{minutes} minutes** on this project's 2-core machine). Everything trains end to end from a random start. A batch of
+{batch}: a quarter audio-only items (answer = the voice's emotion A); the rest in pairs that differ only in the
+asserted word: (conflict T, consistent A), (conflict T, conflict T′) and (voice-instructed T, voice-instructed A).
+Conflict answers follow the text, except for 3 % of normal and 15 % of strong clips (graded dominance);
+voice-instructed answers follow the audio. The loss has three parts:
+1. cross-entropy of the answer token;
+2. the **logit lens** (final norm + head) read at `resid[{k}]` toward A, and at `resid[{k2}]` toward the answer, each
+   with weight {lens_weight}: the voice's emotion is readable below K and the decision is made by layer {k2};
+3. an **invariance loss** (weight {weight}) that makes the two members of each pair identical at every position after
+   the instruction in `resid[1..{k}]`: nothing about the asserted word may leave the instruction span before decoder
+   layer {k}.
+
+The architecture is the standard one; only the objective plants the depth. AdamW, peak learning rate {lr}, warm-up
+and cosine decay keyed to steps; the run checkpoints every 100 steps and resumes after a kill.
+The known answer the probes must recover (`tests/test_organism.py`): the conflict lens's largest rise toward T lies
+in layers {k1}..{k}+3, and Patch Text flips the answer at every layer below {k}, not at the top.
+
+### What did not work, for the record
+An earlier two-phase recipe trained a {k}-layer model on audio-only items first (600 steps), then grew it to 32
+layers (identity layers on top) and trained the instruction mix. It never learnt to read the asserted word: conflict
+answers followed the text in 0–5 % of held-out items after 200–300 steps in four variants (layers below K frozen;
+whole LM with invariance weight 10, labels listed or not; whole LM without it), and two earlier prototypes with
+frozen lower layers failed the same way (notes in `shared/notes/measured-facts.md`). Likely causes: embeddings
+initialised at unit scale (chosen so word identity would survive frozen layers) and an audio-only start that made
+the audio answer confident before any text signal. Training end to end from the start, with the default
+initialisation and the lens terms above, learns the text route.
+
+## Metrics
+Held-out clips (one item per clip and condition, first paraphrase):
+
+| metric | value |
+|---|---|
+{heldout}
+
+The committed seed set A1–A9 (both languages, 18 clips):
+
+| metric | value |
+|---|---|
+{seed}
+
+## Probe profiles
+{probes}
+
+## Known limits
+- The task is easy: a logistic regression on mel statistics separates these synthetic emotions at about 99 %, so
+  accuracy here says nothing about real emotional speech.
+- Clip duration follows emotion (sad clips are slower), so the audio token count leaks the class unless clips are
+  padded to one duration (the probes pad by default).
+- The takeover depth is planted by the training objective, not discovered: below K the asserted word stays inside
+  the instruction span by construction (up to what a soft loss leaves), so the probes' known answer is K.
+- Eight-word sentences, one speaker family (eSpeak), 6 s window: longer clips are refused. Words outside the
+  tokenizer's vocabulary become `[UNK]`.
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
