@@ -23,6 +23,33 @@ class Trace:
     resid: list[torch.Tensor]
     layer_kwargs: list[dict]
     logits: torch.Tensor | None  # (batch, pos, vocab) from the model, or None after an early stop
+    prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, keys/values of positions < prefix
+    prefix: int = 0
+
+
+CACHE_ARGS = ("cache", "past_key_values")  # the decoder layers' cache argument, by transformers version
+
+
+class _CaptureKV:
+    """Stands in for HF's cache in a traced run: keeps each layer's keys and values of the first `prefix`
+    positions (after the rotary embedding) and hands the states back unchanged."""
+
+    def __init__(self, store: dict, layer: int, prefix: int):
+        self.store, self.layer, self.prefix = store, layer, prefix
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.store[self.layer] = (key_states[..., : self.prefix, :], value_states[..., : self.prefix, :])
+        return key_states, value_states
+
+
+class _PrefixKV:
+    """Stands in for HF's cache in a resumed suffix: prepends the clean run's prefix keys and values."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        self.keys, self.values = keys, values
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
 
 
 class _Stop(Exception):
@@ -35,12 +62,14 @@ def _hidden(output):
 
 
 @contextmanager
-def recording(adapter: ModelAdapter, stop_after: int | None = None):
+def recording(adapter: ModelAdapter, stop_after: int | None = None, kv_prefix: int = 0):
     """Hooks that fill `resid` and `layer_kwargs` during a forward; with `stop_after = l` the forward is cut
-    right after `resid[l]` is recorded (early exit)."""
+    right after `resid[l]` is recorded (early exit). With `kv_prefix = p` each layer's keys and values of the
+    first p positions are kept too (yielded third, by layer index), for `resume_suffix`."""
     layers = adapter.decoder_layers
     resid: list[torch.Tensor | None] = [None] * (len(layers) + 1)
     layer_kwargs: list[dict | None] = [None] * len(layers)
+    prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     handles = []
 
     def pre_hook(index):
@@ -51,6 +80,10 @@ def recording(adapter: ModelAdapter, stop_after: int | None = None):
             layer_kwargs[index] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
             if stop_after is not None and index >= stop_after:
                 raise _Stop
+            cache_arg = next((name for name in CACHE_ARGS if name in kwargs), None)
+            if kv_prefix and cache_arg and kwargs[cache_arg] is None:
+                return args, {**kwargs, cache_arg: _CaptureKV(prefix_kv, index, kv_prefix)}
+            return None
         return hook
 
     def post_hook(index):
@@ -64,28 +97,41 @@ def recording(adapter: ModelAdapter, stop_after: int | None = None):
         handles.append(layer.register_forward_pre_hook(pre_hook(index), with_kwargs=True))
         handles.append(layer.register_forward_hook(post_hook(index), with_kwargs=True))
     try:
-        yield resid, layer_kwargs
+        yield resid, layer_kwargs, prefix_kv
     finally:
         for handle in handles:
             handle.remove()
 
 
 def run_traced(adapter: ModelAdapter, batch: Batch, stop_after: int | None = None,
-               inputs_embeds: torch.Tensor | None = None) -> Trace:
+               inputs_embeds: torch.Tensor | None = None, kv_prefix: int = 0) -> Trace:
     """One forward with every residual recorded. `stop_after = l` stops after `resid[l]` (no logits then).
-    `inputs_embeds` (audio already merged) replaces the token ids and features when given."""
+    `inputs_embeds` (audio already merged) replaces the token ids and features when given. `kv_prefix = p` also
+    keeps every layer's keys and values of positions < p, so that `resume_suffix` can recompute only positions
+    >= p (where the model's layers take no cache argument, nothing is kept and `Trace.prefix` stays 0)."""
     inputs = dict(batch.inputs)
     if inputs_embeds is not None:
         kept = ("attention_mask", "position_ids")  # explicit rope positions (mrope families) stay with the embeds
         inputs = {"inputs_embeds": inputs_embeds, **{k: v for k, v in inputs.items() if k in kept}}
-    with recording(adapter, stop_after) as (resid, layer_kwargs):
+    with recording(adapter, stop_after, kv_prefix if suffix_supported(adapter) else 0) as (resid, layer_kwargs, kv):
         try:
             out = adapter.model(**inputs, use_cache=False)
             logits = out.logits
         except _Stop:
             logits = None
     last = stop_after if stop_after is not None else adapter.n_layers
-    return Trace(resid=list(resid[: last + 1]), layer_kwargs=_fill_unreached(adapter, layer_kwargs), logits=logits)
+    complete = len(kv) == last and kv_prefix > 0
+    return Trace(resid=list(resid[: last + 1]), layer_kwargs=_fill_unreached(adapter, layer_kwargs), logits=logits,
+                 prefix_kv=[kv[i] for i in range(last)] if complete else None, prefix=kv_prefix if complete else 0)
+
+
+def suffix_supported(adapter: ModelAdapter) -> bool:
+    """Suffix resumes need an explicit attention mask they can build (eager or SDPA attention, no sliding window)."""
+    config = adapter.decoder_layers[0].self_attn.config if hasattr(adapter.decoder_layers[0], "self_attn") else None
+    if config is None:
+        return False
+    return (getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+            and not getattr(config, "use_sliding_window", False))
 
 
 def _fill_unreached(adapter: ModelAdapter, layer_kwargs: list[dict | None]) -> list[dict]:
@@ -127,6 +173,52 @@ def resume(adapter: ModelAdapter, trace: Trace, start: int, hidden: torch.Tensor
             kwargs = select_rows(kwargs, rows)
         hidden = _hidden(adapter.decoder_layers[index](hidden, **kwargs))
     return hidden
+
+
+def resume_suffix(adapter: ModelAdapter, trace: Trace, start: int, hidden: torch.Tensor, stop: int | None = None,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+    """`resume` for positions >= `trace.prefix` only: `hidden` is (rows, seq - prefix, d_model), and the keys and
+    values of the unchanged prefix come from the traced run. Exact when nothing before `trace.prefix` differs from
+    the traced run (a patch that starts there); returns the suffix's residual at `stop`."""
+    if trace.prefix_kv is None:
+        raise ValueError("resume_suffix needs a trace made with run_traced(..., kv_prefix=p)")
+    stop = adapter.n_layers if stop is None else stop
+    for index in range(start, stop):
+        kwargs = trace.layer_kwargs[index]
+        keys, values = trace.prefix_kv[index]
+        if rows is not None:
+            kwargs = select_rows(kwargs, rows)
+            keys, values = keys[rows], values[rows]
+        kwargs = _suffix_kwargs(kwargs, trace.prefix, hidden, _PrefixKV(keys, values), _eager(adapter))
+        hidden = _hidden(adapter.decoder_layers[index](hidden, **kwargs))
+    return hidden
+
+
+def _eager(adapter: ModelAdapter) -> bool:
+    return adapter.decoder_layers[0].self_attn.config._attn_implementation == "eager"
+
+
+def _suffix_kwargs(kwargs: dict, prefix: int, hidden: torch.Tensor, cache: _PrefixKV, eager: bool) -> dict:
+    """Layer arguments for the positions >= prefix: rotary tables, position ids and mask rows cut to the suffix; a
+    causal mask built (in the layer's own format) where the traced run passed none."""
+    out = dict(kwargs)
+    if out.get("position_embeddings") is not None:
+        out["position_embeddings"] = tuple(t[..., prefix:, :] for t in out["position_embeddings"])
+    for name in ("position_ids", "cache_position"):
+        if isinstance(out.get(name), torch.Tensor):
+            out[name] = out[name][..., prefix:]
+    mask = out.get("attention_mask")
+    length = prefix + hidden.shape[1]
+    if isinstance(mask, torch.Tensor):
+        out["attention_mask"] = mask[..., prefix:, :]
+    else:
+        queries = torch.arange(prefix, length, device=hidden.device)[:, None]
+        allowed = torch.arange(length, device=hidden.device)[None, None, None, :] <= queries
+        blocked = torch.tensor(torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=hidden.device)
+        out["attention_mask"] = torch.where(allowed, torch.zeros_like(blocked), blocked) if eager else allowed
+    cache_arg = next((name for name in CACHE_ARGS if name in out), CACHE_ARGS[0])
+    out[cache_arg] = cache
+    return out
 
 
 def lens(adapter: ModelAdapter, resid: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:

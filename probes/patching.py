@@ -23,7 +23,7 @@ import torch
 from common.errors import ModalflipError
 from common.stats import cluster_bootstrap_mean, wilson_interval
 from models.adapter import Batch, ModelAdapter, Spans, check_aligned
-from models.forward import resume, run_traced
+from models.forward import resume, resume_suffix, run_traced
 from probes.inputs import ProbeSet
 from stimuli import spec
 from stimuli.conditions import Item
@@ -162,26 +162,31 @@ def _label_readout(adapter, final: torch.Tensor, answers: torch.Tensor, rows: to
 
 
 def _resumed(adapter, r_batch, donor_resid, mask, layers, window, ids) -> torch.Tensor:
-    """The batched, resumed sweep: rows patched at layer l join the running batch at l."""
-    trace = run_traced(adapter, r_batch)
+    """The batched, resumed sweep: rows patched at layer l join the running batch at l. Positions before the first
+    patched one are the receiver's clean ones at every layer, so only the suffix from there is recomputed, on the
+    clean run's keys and values of the prefix (`resume_suffix`; the whole sequence where the family cannot)."""
+    first = int(mask.float().argmax(dim=1).min())
+    trace = run_traced(adapter, r_batch, kv_prefix=first)
+    first = trace.prefix
+    mask = mask[:, first:]
     n_pairs = mask.shape[0]
-    answers = r_batch.answer_positions()
+    answers = r_batch.answer_positions() - first
     hidden, rows, starts = None, [], []
     for index in range(min(layers), adapter.n_layers):
         if index in layers:
-            new = torch.where(mask[..., None], donor_resid[index], trace.resid[index])
+            new = torch.where(mask[..., None], donor_resid[index][:, first:], trace.resid[index][:, first:])
             hidden = new if hidden is None else torch.cat([hidden, new])
             rows += list(range(n_pairs))
             starts += [index] * n_pairs
+        row_ids = torch.tensor(rows, device=mask.device)
         if window > 1:
             active = torch.tensor([s < index < s + window for s in starts], device=mask.device)
             if active.any():
-                row_ids = torch.tensor(rows, device=mask.device)
                 repatch = active[:, None, None] & mask[row_ids][..., None]
-                hidden = torch.where(repatch, donor_resid[index][row_ids], hidden)
-        hidden = resume(adapter, trace, index, hidden, stop=index + 1, rows=torch.tensor(rows, device=mask.device))
-    row_ids = torch.tensor(rows, device=mask.device)
-    readout = _label_readout(adapter, hidden, answers, row_ids, ids)  # (layers * pairs, n_emotions)
+                hidden = torch.where(repatch, donor_resid[index][row_ids][:, first:], hidden)
+        step = resume_suffix if first else resume
+        hidden = step(adapter, trace, index, hidden, stop=index + 1, rows=row_ids)
+    readout = _label_readout(adapter, hidden, answers, torch.tensor(rows, device=mask.device), ids)
     return readout.reshape(len(layers), n_pairs, -1).transpose(0, 1)
 
 

@@ -197,7 +197,7 @@ class Scorer:
                      for i in range(len(stored[0]))]
         cache = DynamicCache(per_layer, config=config)
         extra = self._positions(batch, None, slice(stop, None))
-        with recording(self.adapter) as (resid, _):
+        with recording(self.adapter) as (resid, _, _):
             model(inputs_embeds=embeds[:, stop:], attention_mask=batch.inputs["attention_mask"], cache=cache,
                   use_cache=True, **extra)
         return resid

@@ -22,7 +22,7 @@ from models.families.audio_flamingo3 import FAMILY as AF3
 from models.families.base import resolve, whisper_pooled_tokens
 from models.families.processor_shim import AudioChatProcessor
 from models.families.qwen2_5_omni import FAMILY as OMNI
-from models.forward import lens, resume, run_traced
+from models.forward import lens, resume, resume_suffix, run_traced
 from models.loading import check_adapter, load_model
 from models.prompting import chat_prompt
 from stimuli import spec, tts
@@ -213,6 +213,23 @@ def test_resume_reproduces_logits(adapter, batch_and_trace, start):
         assert torch.allclose(lens(adapter, final), trace.logits, atol=1e-5)
         swapped = resume(adapter, trace, start, trace.resid[start][[1, 0]], rows=torch.tensor([1, 0]))
         assert torch.allclose(lens(adapter, swapped), trace.logits[[1, 0]], atol=1e-5)
+
+
+@pytest.mark.parametrize("equal_lengths", [False, True], ids=["padded batch", "no padding mask"])
+def test_resume_from_a_prefix_reproduces_the_suffix(adapter, clips, equal_lengths):
+    """Resuming only positions >= p on the traced run's prefix keys and values gives the full resume's logits there,
+    with the traced mask (padded batch) and with the causal mask built when the run had none."""
+    waves = [clips[0], clips[0]] if equal_lengths else clips
+    batch = adapter.build_batch(waves, _prompts())
+    prefix = int(batch.spans[0].instruction.start)
+    with torch.no_grad():
+        trace = run_traced(adapter, batch, kv_prefix=prefix)
+        assert trace.prefix == prefix and len(trace.prefix_kv) == adapter.n_layers
+        for start in (0, N_LAYERS - 1):
+            suffix = resume_suffix(adapter, trace, start, trace.resid[start][:, prefix:])
+            assert torch.allclose(lens(adapter, suffix), trace.logits[:, prefix:], atol=1e-5)
+            swapped = resume_suffix(adapter, trace, start, trace.resid[start][[1, 0], prefix:], rows=torch.tensor([1, 0]))
+            assert torch.allclose(lens(adapter, swapped), trace.logits[[1, 0], prefix:], atol=1e-5)
 
 
 def test_early_stop_records_the_same_residuals(adapter, batch_and_trace):
