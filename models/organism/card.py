@@ -30,6 +30,7 @@ def metric_rows(m: dict) -> str:
         f"| conflict: margin logit(T) − logit(A), normal / strong | {m['conflict_margin_normal']:.2f} / "
         f"{m['conflict_margin_strong']:.2f} |",
         f"| voice-instructed conflict: answer = A | {m['voice_accuracy']:.3f} |",
+        f"| conflict lens: layer of the largest rise toward T | {m['conflict_lens_largest_rise']} |",
         f"| items per condition | {m['n_items_per_condition']} |",
     ])
 
@@ -38,15 +39,9 @@ def shown_layers(k: int, n_layers: int) -> list[int]:
     return sorted({0, 1, 4, 8, 12, k - 2, k - 1, k, k + 1, k + 2, k + 4, 24, 28, n_layers} & set(range(n_layers + 1)))
 
 
-def lens_by_intensity(items: list[dict]) -> dict:
-    """Mean lens Δlogit per layer of the conflict items, by intensity."""
-    out = {}
-    for intensity in ("normal", "strong"):
-        deltas = [r["delta"] for r in items
-                  if r["probe"] == "lens" and r["condition"] == "conflict" and r["intensity"] == intensity]
-        if deltas:
-            out[intensity] = np.mean(deltas, axis=0)
-    return out
+def lens_by_intensity(metrics: dict) -> dict:
+    """Mean lens Δlogit per layer of the conflict items, by intensity, from an evaluation in the training report."""
+    return {i: np.array(metrics[f"conflict_lens_{i}"]) for i in ("normal", "strong") if f"conflict_lens_{i}" in metrics}
 
 
 def lens_table(curves: dict, layers: list[int]) -> str:
@@ -89,22 +84,26 @@ def draw_lens_by_intensity(curves: dict, k: int, path: Path) -> None:
     plt.close(figure)
 
 
+def lens_section(k: int, heldout: dict, figures: Path) -> str:
+    curves = lens_by_intensity(heldout)
+    if not curves:
+        return "(no lens curves in this report: `python -m models.organism.train --evaluate-only` adds them)"
+    figures.mkdir(parents=True, exist_ok=True)
+    draw_lens_by_intensity(curves, k, figures / "lens_by_intensity.png")
+    return lens_table(curves, shown_layers(k, len(next(iter(curves.values()))) - 1))
+
+
 def probe_section(k: int, figures: Path) -> str:
-    summary_path, items_path = figures / "summary.json", figures / "items.jsonl"
-    if not summary_path.exists() or not items_path.exists():
+    summary_path = figures / "summary.json"
+    if not summary_path.exists():
         return "Not run yet: `python run_probes.py --out models/organism/figures`, then `python -m models.organism.card`."
     summary = json.loads(summary_path.read_text())
-    items = [json.loads(line) for line in items_path.read_text().splitlines() if line.strip()]
-    n_layers = summary["n_layers"]
-    curves = lens_by_intensity(items)
-    if curves:
-        draw_lens_by_intensity(curves, k, figures / "lens_by_intensity.png")
-    layers = shown_layers(k, n_layers)
+    layers = shown_layers(k, summary["n_layers"])
     critical = {lang: summary["logit_lens"][lang]["conflict"]["critical_layer"] for lang in summary["langs"]}
     patching = dict(summary["patching"], langs=summary["langs"])
     return PROBES.format(
         seconds=summary["seconds"], critical=", ".join(f"{lang} {layer}" for lang, layer in critical.items()),
-        lens=lens_table(curves, layers), patch=patch_table(patching, layers))
+        patch=patch_table(patching, [l for l in layers if l in patching["layers"]]))
 
 
 def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
@@ -117,7 +116,7 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
                        batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
                        weight=r["invariance_weight"], train_clips=r["train_clips"], heldout_clips=r["heldout_clips"],
                        heldout=metric_rows(r["heldout"]), seed=metric_rows(r["seed_set"]), seed_value=r["seed"],
-                       probes=probe_section(k, figures))
+                       lens=lens_section(k, r["heldout"], figures), probes=probe_section(k, figures))
 
 
 def main(argv=None) -> int:
@@ -128,13 +127,8 @@ def main(argv=None) -> int:
 
 PROBES = """`python run_probes.py --out models/organism/figures` on the committed seed set (A1–A9, English and
 Mandarin, 9 clips each; {seconds} s on 2 cores). Figures: `figures/logit_lens.png` (conflict / consistent /
-audio-only per language), `figures/lens_by_intensity.png`, `figures/patching.png`; numbers in
-`figures/summary.json` and per item in `figures/items.jsonl`. Critical layer of the conflict lens (largest rise of
-Δlogit): {critical}.
-
-Conflict lens Δlogit = logit(T) − logit(A) by intensity (mean over both languages; layer 0 = embeddings):
-
-{lens}
+audio-only per language) and `figures/patching.png`; numbers in `figures/summary.json` and per item in
+`figures/items.jsonl`. Critical layer of the conflict lens (largest change of Δlogit): {critical}.
 
 Flip rate toward T when patching the instruction span (text) or the audio span (audio) from the donor into the
 consistent receiver at layer l:
@@ -208,6 +202,12 @@ The committed seed set A1–A9 (both languages, 18 clips):
 | metric | value |
 |---|---|
 {seed}
+
+## Where the text takes over
+Held-out conflict items, mean logit-lens margin Δlogit = logit(T) − logit(A) at the answer position by intensity
+(layer 0 = embeddings, l = output of decoder layer l; figure `figures/lens_by_intensity.png`):
+
+{lens}
 
 ## Probe profiles
 {probes}

@@ -236,20 +236,28 @@ def evaluation_set(clips: list[Clip], seed: int) -> list[dict]:
 
 @torch.no_grad()
 def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_size: int = 32) -> dict:
-    """Accuracy per condition, P(answer = T) and the margin logit(T) - logit(A) on conflict items by intensity."""
+    """Accuracy per condition, P(answer = T) and the margin logit(T) - logit(A) on conflict items by intensity, and
+    the conflict items' mean logit-lens margin per layer by intensity with the layer of its largest rise."""
     emotions = spec.emotions()
     results = {"audio_only": [], "consistent": [], "voice": [], "conflict": []}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        logits = answer_logits(adapter, [r["clip"].wave for r in chunk], [r["prompt"] for r in chunk])
-        for row, vector in zip(chunk, logits):
+        batch = adapter.build_batch([r["clip"].wave for r in chunk], [r["prompt"] for r in chunk])
+        trace = run_traced(adapter, batch)
+        at_answer = torch.arange(len(chunk)), batch.answer_positions()
+        logits = trace.logits[at_answer]
+        for index, (row, vector) in enumerate(zip(chunk, logits)):
             ids = label_ids[row["clip"].lang]
             label_logits = torch.stack([vector[ids[e]] for e in emotions])
             answer = emotions[int(label_logits.argmax())]
             clip = row["clip"]
-            results[row["condition"]].append(dict(
-                intensity=clip.intensity, audio=clip.emotion, text=row["text"], answer=answer,
-                margin=float(vector[ids[row["text"]]] - vector[ids[clip.emotion]]) if row["text"] else 0.0))
+            outcome = dict(intensity=clip.intensity, audio=clip.emotion, text=row["text"], answer=answer,
+                           margin=float(vector[ids[row["text"]]] - vector[ids[clip.emotion]]) if row["text"] else 0.0)
+            if row["condition"] == "conflict":
+                pair = torch.tensor([ids[row["text"]], ids[clip.emotion]])
+                readings = torch.stack([lens(adapter, r[at_answer][index], pair) for r in trace.resid])
+                outcome["lens"] = (readings[:, 0] - readings[:, 1]).tolist()
+            results[row["condition"]].append(outcome)
     summary = {}
     for condition in ("audio_only", "consistent", "voice"):
         outcomes = results[condition]
@@ -258,12 +266,30 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
         sub = [o for o in results["conflict"] if o["intensity"] == intensity]
         summary[f"conflict_follows_text_{intensity}"] = float(np.mean([o["answer"] == o["text"] for o in sub]))
         summary[f"conflict_margin_{intensity}"] = float(np.mean([o["margin"] for o in sub]))
+        summary[f"conflict_lens_{intensity}"] = np.round(np.mean([o["lens"] for o in sub], axis=0), 3).tolist()
         sub = [o for o in results["audio_only"] if o["intensity"] == intensity]
         summary[f"audio_only_accuracy_{intensity}"] = float(np.mean([o["answer"] == o["audio"] for o in sub]))
     conflict = results["conflict"]
     summary["conflict_follows_text"] = float(np.mean([o["answer"] == o["text"] for o in conflict]))
+    summary["conflict_lens_largest_rise"] = int(np.argmax(np.diff(np.mean([o["lens"] for o in conflict], axis=0)))) + 1
     summary["n_items_per_condition"] = len(conflict)
     return summary
+
+
+def reevaluate(model_dir: Path, seed: int = 0) -> dict:
+    """Evaluate saved weights on the held-out clips and the seed set again; update the training report."""
+    from models.loading import load_model
+
+    adapter = load_model(str(model_dir))
+    label_ids = {lang: adapter.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
+    with Progress(disable=True) as progress:
+        heldout_clips = synthesize("heldout", 1, seed + 1, progress)
+    report_path = model_dir / "training_report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report["heldout"] = evaluate(adapter, evaluation_set(heldout_clips, seed), label_ids)
+    report["seed_set"] = evaluate(adapter, evaluation_set(seed_set_clips(), seed), label_ids)
+    atomic_write_json(report_path, report)
+    return report
 
 
 def seed_set_clips() -> list[Clip]:
@@ -293,7 +319,16 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", help="resume file (default: OUT/../organism-training.pt)")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="do not train: evaluate the weights in OUT again and rewrite its report (and the card)")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.evaluate_only:
+        report = reevaluate(out, args.seed)
+        if out.resolve() == card.MODEL_DIR.resolve():
+            atomic_write_text(card.CARD_PATH, card.render(out))
+        console.print_json(json.dumps({k: v for k, v in report.items() if k in ("heldout", "seed_set")}))
+        return 0
     k = args.takeover_layer
     if not 1 <= k <= args.layers - 3:
         raise ModalflipError(f"--takeover-layer must lie in 1..{args.layers - 3}, got {k}")
@@ -302,7 +337,6 @@ def main(argv=None) -> int:
     processor = build.build_processor()
     label_ids = {lang: {e: processor.tokenizer.convert_tokens_to_ids(w) for e, w in spec.label_words(lang).items()}
                  for lang in spec.LANGS}
-    out = Path(args.out)
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.parent / "organism-training.pt"
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn()]
