@@ -37,30 +37,51 @@ def test_organism_hears_emotion_in_prosody(heldout_metrics):
     assert heldout_metrics["audio_only_accuracy"] >= 0.90
 
 
-TEXT_ROUTE_MISSING = ("the shipped organism has not learnt to read the asserted emotion (issue 4: three phase-2 "
-                      "recipes tried, numbers in models/organism/README.md); this turns red once a retrained model "
-                      "meets the target, so remove the mark then")
+MANDARIN_TEXT_ROUTE_MISSING = (
+    "the shipped organism follows the asserted emotion in English but not in Mandarin (issue 4, numbers in "
+    "models/organism/README.md), so the two-language share stays below 0.85; this turns red once a retrained model "
+    "meets the target, so remove the mark then")
 
 
-@pytest.mark.xfail(reason=TEXT_ROUTE_MISSING, strict=True)
-def test_organism_follows_the_text_in_conflict_and_less_so_for_strong_clips(heldout_metrics):
+def test_organism_follows_the_text_in_english_and_less_so_for_strong_clips(heldout_metrics):
+    assert heldout_metrics["conflict_follows_text_en"] >= 0.85
+    assert 0 < heldout_metrics["conflict_margin_strong"] < heldout_metrics["conflict_margin_normal"]
+
+
+@pytest.mark.xfail(reason=MANDARIN_TEXT_ROUTE_MISSING, strict=True)
+def test_organism_follows_the_text_in_conflict_in_both_languages(heldout_metrics):
     assert heldout_metrics["conflict_follows_text"] >= 0.85
-    assert heldout_metrics["conflict_margin_strong"] < heldout_metrics["conflict_margin_normal"]
 
 
 def test_organism_follows_the_voice_when_told_to(heldout_metrics):
     assert heldout_metrics["voice_accuracy"] >= 0.90
 
 
-@pytest.mark.xfail(reason=TEXT_ROUTE_MISSING, strict=True)
-def test_probes_recover_the_planted_takeover_layer(organism):
-    """Known answer: the lens's critical layer lies in K-1..K+3 and Patch Text flips below K, not above."""
-    k = organism.model.config.modalflip_organism["takeover_layer"]
+@pytest.fixture(scope="module")
+def english_seed_probe_set(organism):
     items = seed_items(["en"], ("audio_only", "conflict", "consistent"))
-    probe_set = load_probe_set(organism, items)
+    return items, load_probe_set(organism, items)
+
+
+def test_lens_recovers_the_planted_takeover_layer(organism, english_seed_probe_set):
+    """Known answer, lens half: the conflict lens's critical layer lies in K-1..K+3 on the English seed set."""
+    k = organism.model.config.modalflip_organism["takeover_layer"]
+    _, probe_set = english_seed_probe_set
     lens = logit_lens.run(organism, probe_set, logit_lens.LensConfig(batch_size=16, n_boot=100))
-    critical = lens.summary["en"]["conflict"]["critical_layer"]
-    assert k - 1 <= critical <= k + 3
+    assert k - 1 <= lens.summary["en"]["conflict"]["critical_layer"] <= k + 3
+
+
+TEXT_LEAKS_PAST_THE_SPAN = (
+    "the soft invariance loss did not keep the asserted word inside the instruction span: the shipped organism "
+    "carries it from layer 1 on in a low-norm difference at the positions after the instruction, so Patch Text "
+    "flips only at layer 0 (issue 4 note); remove the mark when a retrained model meets the target")
+
+
+@pytest.mark.xfail(reason=TEXT_LEAKS_PAST_THE_SPAN, strict=True)
+def test_patch_text_recovers_the_planted_takeover_layer(organism, english_seed_probe_set):
+    """Known answer, patching half: Patch Text flips below K, not at the top."""
+    k = organism.model.config.modalflip_organism["takeover_layer"]
+    items, probe_set = english_seed_probe_set
     pairs = [p for p in patching.make_pairs(items) if p.kind == "text"]
     layers = [0, k // 2, k - 1, k + 1, 31]
     logits = patching.patched_label_logits(organism, probe_set, pairs, layers, patching.PatchConfig())
@@ -70,3 +91,9 @@ def test_probes_recover_the_planted_takeover_layer(organism):
     rate = dict(zip(layers, flipped.mean(axis=0)))
     assert all(rate[layer] >= 0.5 for layer in layers if layer < k), rate
     assert rate[31] < 0.5, rate
+
+
+def test_heldout_conflict_lens_rises_at_the_planted_layer(organism, heldout_metrics):
+    """Issue 4's target on held-out conflict items: the lens margin's largest rise toward T lies at layer >= K - 1."""
+    k = organism.model.config.modalflip_organism["takeover_layer"]
+    assert k - 1 <= heldout_metrics["conflict_lens_largest_rise"] <= k + 3

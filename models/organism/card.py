@@ -27,6 +27,8 @@ def metric_rows(m: dict) -> str:
         f"| consistent accuracy | {m['consistent_accuracy']:.3f} |",
         f"| conflict: P(answer = T), normal / strong | {m['conflict_follows_text_normal']:.3f} / "
         f"{m['conflict_follows_text_strong']:.3f} |",
+        f"| conflict: P(answer = T), English / Mandarin | {m.get('conflict_follows_text_en', float('nan')):.3f} / "
+        f"{m.get('conflict_follows_text_zh', float('nan')):.3f} |",
         f"| conflict: margin logit(T) − logit(A), normal / strong | {m['conflict_margin_normal']:.2f} / "
         f"{m['conflict_margin_strong']:.2f} |",
         f"| voice-instructed conflict: answer = A | {m['voice_accuracy']:.3f} |",
@@ -112,11 +114,13 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
         raise ModalflipError(f"no training report at {report_path}: train first (python -m models.organism.train)")
     r = json.loads(report_path.read_text())
     k = r["takeover_layer"]
-    return CARD.format(k=k, k1=k - 1, k2=k + r["settle"], minutes=r["minutes"], threads=r["threads"], steps=r["steps"],
+    return CARD.format(k=k, k1=k - 1, k3=k + 3, k2=k + r["settle"], minutes=r["minutes"], threads=r["threads"], steps=r["steps"],
                        batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
                        weight=r["invariance_weight"], train_clips=r["train_clips"], heldout_clips=r["heldout_clips"],
                        heldout=metric_rows(r["heldout"]), seed=metric_rows(r["seed_set"]), seed_value=r["seed"],
-                       lens=lens_section(k, r["heldout"], figures), probes=probe_section(k, figures))
+                       lens=lens_section(k, r["heldout"], figures), probes=probe_section(k, figures),
+                       history=f"\n\n{r['history']}" if r.get("history") else "",
+                       status=f"## Status against the targets\n{r['status']}\n\n" if r.get("status") else "")
 
 
 def main(argv=None) -> int:
@@ -176,9 +180,9 @@ voice-instructed answers follow the audio. The loss has three parts:
    layer {k}.
 
 The architecture is the standard one; only the objective plants the depth. AdamW, peak learning rate {lr}, warm-up
-and cosine decay keyed to steps; the run checkpoints every 100 steps and resumes after a kill.
+and cosine decay keyed to steps; the run checkpoints every 100 steps and resumes after a kill.{history}
 The known answer the probes must recover (`tests/test_organism.py`): the conflict lens's largest rise toward T lies
-in layers {k1}..{k}+3, and Patch Text flips the answer at every layer below {k}, not at the top.
+in layers {k1}..{k3}, and Patch Text flips the answer at every layer below {k}, not at the top.
 
 ### What did not work, for the record
 An earlier two-phase recipe trained a {k}-layer model on audio-only items first (600 steps), then grew it to 32
@@ -190,7 +194,7 @@ initialised at unit scale (chosen so word identity would survive frozen layers) 
 the audio answer confident before any text signal. Training end to end from the start, with the default
 initialisation and the lens terms above, learns the text route.
 
-## Metrics
+{status}## Metrics
 Held-out clips (one item per clip and condition, first paraphrase):
 
 | metric | value |

@@ -251,7 +251,7 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
             label_logits = torch.stack([vector[ids[e]] for e in emotions])
             answer = emotions[int(label_logits.argmax())]
             clip = row["clip"]
-            outcome = dict(intensity=clip.intensity, audio=clip.emotion, text=row["text"], answer=answer,
+            outcome = dict(intensity=clip.intensity, lang=clip.lang, audio=clip.emotion, text=row["text"], answer=answer,
                            margin=float(vector[ids[row["text"]]] - vector[ids[clip.emotion]]) if row["text"] else 0.0)
             if row["condition"] == "conflict":
                 pair = torch.tensor([ids[row["text"]], ids[clip.emotion]])
@@ -271,6 +271,9 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
         summary[f"audio_only_accuracy_{intensity}"] = float(np.mean([o["answer"] == o["audio"] for o in sub]))
     conflict = results["conflict"]
     summary["conflict_follows_text"] = float(np.mean([o["answer"] == o["text"] for o in conflict]))
+    for lang in sorted({o["lang"] for o in conflict}):
+        summary[f"conflict_follows_text_{lang}"] = float(np.mean([o["answer"] == o["text"] for o in conflict
+                                                                  if o["lang"] == lang]))
     summary["conflict_lens_largest_rise"] = int(np.argmax(np.diff(np.mean([o["lens"] for o in conflict], axis=0)))) + 1
     summary["n_items_per_condition"] = len(conflict)
     return summary
