@@ -83,7 +83,6 @@ def default_study_name(args: argparse.Namespace, layers: tuple[int, int]) -> str
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     console = Console()
-    started = time.time()
     torch.manual_seed(args.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -140,15 +139,18 @@ def main(argv=None) -> int:
               "best": result.best[:args.top]}
     if result.best:
         report["heldout"] = heldout_report(adapter, probe_set, result, heldout_items, args, layers, grammar,
-                                           stimulus_hash, out, started)
+                                           stimulus_hash, out)
     atomic_write_json(out / "best_prompts.json", report)
     print_tables(console, report, out)
     return 0
 
 
 def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args, layers, grammar, stimulus_hash,
-                   out: Path, started: float) -> dict:
-    """The best prompt and the seed conflict prompt on the held-out items; one leaderboard record per language."""
+                   out: Path) -> dict:
+    """The best prompt and the seed conflict prompt on the held-out items; one leaderboard record per language.
+    The record's seconds: every finished trial's own seconds (all runs and workers of the study) plus this
+    held-out evaluation; not this run's wall time, whose trials are already in the sum."""
+    evaluation_started = time.time()
     best = result.best[0]
     found = evaluate(adapter, probe_set, best["slots"], heldout_items, layers, args.batch_size, args.grammar)
     seed = evaluate(adapter, probe_set, grammar.seed_prompt, heldout_items, layers, args.batch_size, args.grammar)
@@ -166,7 +168,8 @@ def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args
         record = make_record(
             method="prompt-search", model_id=args.model, model_hash=model_hash(adapter),
             stimulus_hash=stimulus_hash, lang=lang, budget={}, seed=args.seed, items=rows,
-            delta_last=delta_last, delta_window=delta_window, seconds=study_seconds + time.time() - started,
+            delta_last=delta_last, delta_window=delta_window,
+            seconds=study_seconds + time.time() - evaluation_started,
             queries=queries, artifacts=out, window=layers, figures=["score_over_trials.png"],
             settings=dict(objective=args.objective, layers=list(layers), trials=result.finished,
                           study=result.study_name, storage=result.storage, trial=best["number"],
