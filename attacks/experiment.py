@@ -221,7 +221,7 @@ def _metrics(adapter, args, config, items, clean_read, adv_read, persistence, cl
     return {
         "method": METHOD,
         "model": {"id": adapter.model_id, "hash": model_hash(adapter), "n_layers": adapter.n_layers},
-        "stimulus_hash": spec.spec_hash(),
+        "stimulus_hash": spec.stimulus_set_hash(),  # the committed seed set, as the other runners record it
         "lang": args.lang,
         "clips": args.clips,
         "settings": asdict(config),
