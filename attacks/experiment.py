@@ -5,7 +5,8 @@ Output folder (`--out`, default `<runs-dir>/attack-<timestamp>`):
     checkpoint.pt                                    δ every --checkpoint-every steps; rerun with --out to resume
     metrics.json                                     budget, perceptual size, flips, persistence, per-item answers
     persistence.png                                  clean vs adversarial per layer, the attack window shaded
-and one leaderboard record under `<runs-dir>/records/`. Every user error is raised before the folder is created.
+and one leaderboard record per language under `<runs-dir>/records/`. Every user error is raised before the folder
+is created.
 
 Flips. An item's target is the voice's emotion A (or `--target-emotion`). "before"/"after" count the conflict items
 whose answer (the label word with the highest final logit) is the target, clean and attacked; "text_dominant"
@@ -142,7 +143,7 @@ def run_attack(args: argparse.Namespace, recorder: Recorder) -> int:
     title = (f"{adapter.model_id}: clean vs adversarial (ε = {config.epsilon:g}); deepest layer where the probe "
              f"reads the target: {deepest['clean']} → {deepest['adversarial']}")
     report.persistence_figure(persistence, out / "persistence.png", title)
-    metrics["record"] = _record(adapter, args, config, metrics, out, recorder)
+    metrics["records"] = _records(adapter, args, config, metrics, out, recorder)
     atomic_write_json(out / "metrics.json", metrics)
     console.print(report.summary_table(metrics))
     console.print(report.clip_table(metrics))
@@ -150,7 +151,7 @@ def run_attack(args: argparse.Namespace, recorder: Recorder) -> int:
         console.print("[yellow]the target emotion does not separate deeper in the attacked audio than in the clean "
                       "audio at the answer position[/yellow]")
     console.print(f"wrote {out / 'metrics.json'}, {out / 'persistence.png'}, {len(clip_rows)} adversarial clips; "
-                  f"leaderboard record {metrics['record']}")
+                  f"leaderboard record(s) {', '.join(metrics['records'])}")
     return 0
 
 
@@ -215,6 +216,8 @@ def _metrics(adapter, args, config, items, clean_read, adv_read, persistence, cl
             "text_dominant": clean_read.answers[i] == item.text_emotion,
             "flipped": adv_read.answers[i] == target,
             "delta_logit_last": {"clean": float(clean_dl[i, -1]), "adversarial": float(adv_dl[i, -1])},
+            "delta_logit_window": {"clean": float(clean_dl[i, first:last + 1].mean()),
+                                   "adversarial": float(adv_dl[i, first:last + 1].mean())},
         })
     dominant = [row for row in rows if row["text_dominant"]]
     shift = adv_dl - clean_dl
@@ -256,20 +259,27 @@ def _metrics(adapter, args, config, items, clean_read, adv_read, persistence, cl
     }
 
 
-def _record(adapter, args, config, metrics, out: Path, recorder: Recorder) -> str:
-    """Write the leaderboard record (one per finished run; a rerun that only re-measures reuses it)."""
+def _records(adapter, args, config, metrics, out: Path, recorder: Recorder) -> list[str]:
+    """Write the leaderboard records, one per language (as the probes' baselines and the prompt search write them,
+    so an attack ranks beside them); a rerun that only re-measures reuses them."""
     previous = out / "metrics.json"
     if metrics["timing"]["resumed_from"] == config.steps and previous.is_file():
-        old = json.loads(previous.read_text(encoding="utf-8")).get("record")
-        if old and Path(old).is_file():
+        old = json.loads(previous.read_text(encoding="utf-8")).get("records") or []
+        if old and all(Path(path).is_file() for path in old):
             return old
     method = METHOD + ("-universal" if config.universal else "") + ("-targeted" if config.target_emotion else "")
-    items = [{key: row[key] for key in ("item_id", "flipped", "clean_answer", "adversarial_answer", "text_dominant")}
-             for row in metrics["items"]]
-    return recorder(
-        method=method, settings={**metrics["settings"], "lang": args.lang, "clips": args.clips},
-        model_id=adapter.model_id, model_hash=metrics["model"]["hash"], stimulus_hash=metrics["stimulus_hash"],
-        lang=args.lang, budget=config.budget.as_record(), seed=config.seed, items=items,
-        delta_last=metrics["delta_logit"]["shift_last"], delta_window=metrics["delta_logit"]["shift_window"],
-        seconds=metrics["timing"]["seconds_total"], queries=metrics["timing"]["queries"], artifacts=out,
-        window=(config.from_layer, config.target_layer), figures=["persistence.png"])
+    paths = []
+    for lang in sorted({row["lang"] for row in metrics["items"]}):
+        rows = [row for row in metrics["items"] if row["lang"] == lang]
+        items = [{key: row[key] for key in ("item_id", "flipped", "clean_answer", "adversarial_answer",
+                                            "text_dominant")} for row in rows]
+        shift = {span: float(np.mean([row[f"delta_logit_{span}"]["adversarial"] - row[f"delta_logit_{span}"]["clean"]
+                                      for row in rows])) for span in ("last", "window")}
+        paths.append(recorder(
+            method=method, settings={**metrics["settings"], "lang": args.lang, "clips": args.clips},
+            model_id=adapter.model_id, model_hash=metrics["model"]["hash"], stimulus_hash=metrics["stimulus_hash"],
+            lang=lang, budget=config.budget.as_record(), seed=config.seed, items=items,
+            delta_last=shift["last"], delta_window=shift["window"],
+            seconds=metrics["timing"]["seconds_total"], queries=metrics["timing"]["queries"], artifacts=out,
+            window=(config.from_layer, config.target_layer), figures=["persistence.png"]))
+    return paths

@@ -61,9 +61,25 @@ def test_a_run_writes_clips_metrics_figure_and_one_record_and_a_rerun_resumes(ti
     assert len(metrics["persistence"]["probe_accuracy_answer"]["clean"]) == 5  # residual layers 0..4
     records = list((runs / "records").glob("*.json"))
     assert len(records) == 1 and json.loads(records[0].read_text())["budget"] == {"linf": 0.002}
+    assert json.loads(records[0].read_text())["lang"] == "en"
 
     assert main(argv) == 0  # same command, same --out: resumes at the end, re-measures, keeps the one record
     again = json.loads((out / "metrics.json").read_text())
     assert again["timing"]["resumed_from"] == 2
     assert again["items"] == metrics["items"]
     assert list((runs / "records").glob("*.json")) == records
+
+
+def test_a_two_language_run_writes_one_record_per_language(tiny_checkpoint, tmp_path):
+    """Attack records rank beside the per-language baselines and searches: one per language, its own items only."""
+    from run_attack import main
+
+    runs = tmp_path / "runs"
+    argv = ["--model", str(tiny_checkpoint), "--device", "cpu", "--lang", "both", "--clips", "A7", "--steps", "1",
+            "--from-layer", "1", "--target-layer", "3", "--out", str(tmp_path / "out"), "--runs-dir", str(runs)]
+    assert main(argv) == 0
+    records = [json.loads(path.read_text()) for path in (runs / "records").glob("*.json")]
+    assert sorted(r["lang"] for r in records) == ["en", "zh"]
+    for record in records:
+        assert len(record["items"]) == 4
+        assert all(f"-{record['lang']}/" in item["item_id"] for item in record["items"])
