@@ -30,7 +30,7 @@ from common.cli import run_main
 from common.errors import ModalflipError
 from models.adapter import ModelAdapter
 from models.families.qwen2_audio import FAMILY
-from models.forward import lens, run_traced
+from models.forward import lens, resume, run_traced
 from models.organism import build, card
 from models.prompting import chat_prompt, claim_word
 from stimuli import spec, tts
@@ -170,6 +170,7 @@ class Objective:
     settle: int = 2
     lens_weight: float = 0.5
     invariance_weight: float = 10.0
+    swap_weight: float = 0.0
 
     def __call__(self, adapter: ModelAdapter, clips, batch_size, rng, label_ids) -> torch.Tensor:
         waves, prompts, targets, audio, pairs = sample_paired_batch(clips, batch_size, rng, label_ids)
@@ -184,7 +185,27 @@ class Objective:
             loss = loss + self.lens_weight * (cross_entropy(early, audio) + cross_entropy(late, targets))
         if self.invariance_weight:
             loss = loss + self.invariance_weight * invariance_loss(trace, batch, pairs, self.takeover)
+        if self.swap_weight and pairs:
+            layer = int(rng.integers(1, self.takeover))
+            loss = loss + self.swap_weight * swap_loss(adapter, trace, batch, pairs, targets, layer)
         return loss
+
+
+def swap_loss(adapter: ModelAdapter, trace, batch, pairs, targets: torch.Tensor, layer: int) -> torch.Tensor:
+    """Patch Text as a training signal: at `resid[layer]` (layer < K) each member of a pair gets its partner's
+    instruction span, the forward resumes from there, and the answer must be the partner's. Trains exactly the
+    property the probe measures (the asserted word is still inside the span below K)."""
+    receivers = [i for i, j in pairs] + [j for i, j in pairs]
+    donors = [j for i, j in pairs] + [i for i, j in pairs]
+    hidden = trace.resid[layer][receivers].clone()
+    for row, donor in enumerate(donors):
+        span = batch.spans[donor].instruction
+        hidden[row, span] = trace.resid[layer][donor, span]
+    rows = torch.tensor(receivers)
+    final = resume(adapter, trace, layer, hidden, rows=rows)
+    answers = batch.answer_positions()[rows]
+    logits = lens(adapter, final[torch.arange(len(rows)), answers])
+    return torch.nn.functional.cross_entropy(logits, targets[donors])
 
 
 def train(adapter, steps, lr, seed, progress, loss_fn, checkpoint: Path, monitor=None, every: int = 100):
@@ -318,6 +339,8 @@ def main(argv=None) -> int:
                         help="weight of the lens terms at resid[K] (toward the audio) and resid[K+2] (the answer)")
     parser.add_argument("--invariance-weight", type=float, default=10.0,
                         help="weight of the loss keeping the asserted word inside the instruction span below K")
+    parser.add_argument("--swap-weight", type=float, default=0.0,
+                        help="weight of the swap loss (Patch Text below K as a training signal; untried, see the card)")
     parser.add_argument("--renders", type=int, default=3, help="renders per training sentence and style")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -352,7 +375,8 @@ def main(argv=None) -> int:
                                         "voice_accuracy", "conflict_margin_normal", "conflict_margin_strong")}
         model = build.build_model(build.build_config(processor.tokenizer, args.layers, k), seed=args.seed)
         adapter = ModelAdapter(model, processor, FAMILY, "organism")
-        objective = Objective(k, lens_weight=args.lens_weight, invariance_weight=args.invariance_weight)
+        objective = Objective(k, lens_weight=args.lens_weight, invariance_weight=args.invariance_weight,
+                              swap_weight=args.swap_weight)
         losses = train(adapter, args.steps, args.lr, args.seed, progress,
                        lambda rng: objective(adapter, train_clips, args.batch_size, rng, label_ids),
                        checkpoint, monitor)
@@ -365,7 +389,8 @@ def main(argv=None) -> int:
     report = dict(
         takeover_layer=k, minutes=round(minutes, 1), threads=args.threads, seed=args.seed, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, lens_weight=args.lens_weight, settle=objective.settle,
-        invariance_weight=args.invariance_weight, train_clips=len(train_clips), heldout_clips=len(heldout_clips),
+        invariance_weight=args.invariance_weight, swap_weight=args.swap_weight, train_clips=len(train_clips),
+        heldout_clips=len(heldout_clips),
         mix=MIX, audio_wins=AUDIO_WINS, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
     atomic_write_json(out / "training_report.json", report)
