@@ -113,7 +113,8 @@ def run_traced(adapter: ModelAdapter, batch: Batch, stop_after: int | None = Non
     if inputs_embeds is not None:
         kept = ("attention_mask", "position_ids")  # explicit rope positions (mrope families) stay with the embeds
         inputs = {"inputs_embeds": inputs_embeds, **{k: v for k, v in inputs.items() if k in kept}}
-    with recording(adapter, stop_after, kv_prefix if suffix_supported(adapter) else 0) as (resid, layer_kwargs, kv):
+    kv_prefix = kv_prefix if kv_prefix and suffix_supported(adapter) else 0
+    with recording(adapter, stop_after, kv_prefix) as (resid, layer_kwargs, kv):
         try:
             out = adapter.model(**inputs, use_cache=False)
             logits = out.logits
@@ -125,12 +126,15 @@ def run_traced(adapter: ModelAdapter, batch: Batch, stop_after: int | None = Non
                  prefix_kv=[kv[i] for i in range(last)] if complete else None, prefix=kv_prefix if complete else 0)
 
 
+def _attention_config(adapter: ModelAdapter):
+    """The config the decoder layers' attention reads (implementation, sliding window), or None."""
+    return getattr(getattr(adapter.decoder_layers[0], "self_attn", None), "config", None)
+
+
 def suffix_supported(adapter: ModelAdapter) -> bool:
     """Suffix resumes need an explicit attention mask they can build (eager or SDPA attention, no sliding window)."""
-    config = adapter.decoder_layers[0].self_attn.config if hasattr(adapter.decoder_layers[0], "self_attn") else None
-    if config is None:
-        return False
-    return (getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+    config = _attention_config(adapter)
+    return (config is not None and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
             and not getattr(config, "use_sliding_window", False))
 
 
@@ -179,9 +183,10 @@ def resume_suffix(adapter: ModelAdapter, trace: Trace, start: int, hidden: torch
                   rows: torch.Tensor | None = None) -> torch.Tensor:
     """`resume` for positions >= `trace.prefix` only: `hidden` is (rows, seq - prefix, d_model), and the keys and
     values of the unchanged prefix come from the traced run. Exact when nothing before `trace.prefix` differs from
-    the traced run (a patch that starts there); returns the suffix's residual at `stop`."""
-    if trace.prefix_kv is None:
-        raise ValueError("resume_suffix needs a trace made with run_traced(..., kv_prefix=p)")
+    the traced run (a patch that starts there); returns the suffix's residual at `stop`. A trace without a prefix
+    (`trace.prefix == 0`) makes this the plain `resume`."""
+    if not trace.prefix:
+        return resume(adapter, trace, start, hidden, stop, rows)
     stop = adapter.n_layers if stop is None else stop
     for index in range(start, stop):
         kwargs = trace.layer_kwargs[index]
@@ -195,7 +200,7 @@ def resume_suffix(adapter: ModelAdapter, trace: Trace, start: int, hidden: torch
 
 
 def _eager(adapter: ModelAdapter) -> bool:
-    return adapter.decoder_layers[0].self_attn.config._attn_implementation == "eager"
+    return _attention_config(adapter)._attn_implementation == "eager"
 
 
 def _suffix_kwargs(kwargs: dict, prefix: int, hidden: torch.Tensor, cache: _PrefixKV, eager: bool) -> dict:

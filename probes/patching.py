@@ -23,7 +23,7 @@ import torch
 from common.errors import ModalflipError
 from common.stats import cluster_bootstrap_mean, wilson_interval
 from models.adapter import Batch, ModelAdapter, Spans, check_aligned
-from models.forward import resume, resume_suffix, run_traced
+from models.forward import resume_suffix, run_traced
 from probes.inputs import ProbeSet
 from stimuli import spec
 from stimuli.conditions import Item
@@ -164,7 +164,8 @@ def _label_readout(adapter, final: torch.Tensor, answers: torch.Tensor, rows: to
 def _resumed(adapter, r_batch, donor_resid, mask, layers, window, ids) -> torch.Tensor:
     """The batched, resumed sweep: rows patched at layer l join the running batch at l. Positions before the first
     patched one are the receiver's clean ones at every layer, so only the suffix from there is recomputed, on the
-    clean run's keys and values of the prefix (`resume_suffix`; the whole sequence where the family cannot)."""
+    clean run's keys and values of the prefix (`resume_suffix`; the whole sequence where the family cannot, then
+    `trace.prefix` is 0)."""
     first = int(mask.float().argmax(dim=1).min())
     trace = run_traced(adapter, r_batch, kv_prefix=first)
     first = trace.prefix
@@ -184,9 +185,8 @@ def _resumed(adapter, r_batch, donor_resid, mask, layers, window, ids) -> torch.
             if active.any():
                 repatch = active[:, None, None] & mask[row_ids][..., None]
                 hidden = torch.where(repatch, donor_resid[index][row_ids][:, first:], hidden)
-        step = resume_suffix if first else resume
-        hidden = step(adapter, trace, index, hidden, stop=index + 1, rows=row_ids)
-    readout = _label_readout(adapter, hidden, answers, torch.tensor(rows, device=mask.device), ids)
+        hidden = resume_suffix(adapter, trace, index, hidden, stop=index + 1, rows=row_ids)
+    readout = _label_readout(adapter, hidden, answers, row_ids, ids)  # (layers * pairs, n_emotions)
     return readout.reshape(len(layers), n_pairs, -1).transpose(0, 1)
 
 
