@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     patching_figure(patch.summary, args.model, out / "patching.png")
     atomic_write_json(out / "summary.json", summary)
     for lang in langs:
-        for record in _baselines(items, lens, lang, args, adapter, stimulus_hash, out, seconds):
+        for record in _baselines(items, lens, lang, args, adapter, summary["model_hash"], stimulus_hash, out, seconds):
             write_record(record, args.runs_dir)
     _print_tables(console, summary, out)
     return 0
@@ -110,7 +110,7 @@ def _accuracy(items, final_logits) -> dict:
     return out
 
 
-def _baselines(items, lens, lang, args, adapter, stimulus_hash, out: Path, seconds: float):
+def _baselines(items, lens, lang, args, adapter, fingerprint: str, stimulus_hash: str, out: Path, seconds: float):
     """The conflict prompt and the judge-by-the-voice prompt as leaderboard baselines (flip = answer is A)."""
     emotions = spec.emotions()
     answers = _answers(items, lens.final_logits)
@@ -143,7 +143,7 @@ def _baselines(items, lens, lang, args, adapter, stimulus_hash, out: Path, secon
         judge_by_voice=BaselineRun(items=voice_items, settings={"template": "voice"}, delta_last=shift_last,
                                    delta_window=shift_window, seconds=per * len(voice_items),
                                    queries=len(voice_items), figures=figures),
-        model_id=args.model, model_hash=model_hash(adapter), stimulus_hash=stimulus_hash, lang=lang,
+        model_id=args.model, model_hash=fingerprint, stimulus_hash=stimulus_hash, lang=lang,
         seed=args.seed, artifacts=out)
 
 

@@ -138,19 +138,19 @@ def main(argv=None) -> int:
                            else round(result.prefix_hit_rate, 4)},
               "best": result.best[:args.top]}
     if result.best:
-        report["heldout"] = heldout_report(adapter, probe_set, result, heldout_items, args, layers, grammar,
-                                           stimulus_hash, out)
+        report["heldout"] = heldout_report(adapter, probe_set, result, heldout_items, args, grammar, config, out)
     atomic_write_json(out / "best_prompts.json", report)
     print_tables(console, report, out)
     return 0
 
 
-def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args, layers, grammar, stimulus_hash,
+def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args, grammar, config: SearchConfig,
                    out: Path) -> dict:
     """The best prompt and the seed conflict prompt on the held-out items; one leaderboard record per language.
     The record's seconds: every finished trial's own seconds (all runs and workers of the study) plus this
     held-out evaluation; not this run's wall time, whose trials are already in the sum."""
     evaluation_started = time.time()
+    layers = config.layers
     best = result.best[0]
     found = evaluate(adapter, probe_set, best["slots"], heldout_items, layers, args.batch_size, args.grammar)
     seed = evaluate(adapter, probe_set, grammar.seed_prompt, heldout_items, layers, args.batch_size, args.grammar)
@@ -158,7 +158,7 @@ def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args
     trials = [t for t in result.trials if t["state"] in ("COMPLETE", "PRUNED")]
     study_seconds = float(sum(t["seconds"] or 0.0 for t in trials))
     queries = int(sum(t["forwards"] or 0 for t in trials)) + 2 * found.n
-    records, listed = [], listed_records(args.runs_dir, result, best["number"], model_hash(adapter))
+    records, listed = [], listed_records(args.runs_dir, result, best["number"], config.model_hash)
     for lang in languages(args.lang):
         rows = [dict(r, prompt=describe(grammar, best["slots"], [lang])[lang]) for r in found.items if r["lang"] == lang]
         if not rows or lang in listed:
@@ -166,8 +166,8 @@ def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args
         delta_last = float(np.mean([r["margin_last"] - seed_by_id[r["item_id"]]["margin_last"] for r in rows]))
         delta_window = float(np.mean([r["margin"] - seed_by_id[r["item_id"]]["margin"] for r in rows]))
         record = make_record(
-            method="prompt-search", model_id=args.model, model_hash=model_hash(adapter),
-            stimulus_hash=stimulus_hash, lang=lang, budget={}, seed=args.seed, items=rows,
+            method="prompt-search", model_id=args.model, model_hash=config.model_hash,
+            stimulus_hash=config.stimulus_hash, lang=lang, budget={}, seed=args.seed, items=rows,
             delta_last=delta_last, delta_window=delta_window,
             seconds=study_seconds + time.time() - evaluation_started,
             queries=queries, artifacts=out, window=layers, figures=["score_over_trials.png"],
