@@ -1,7 +1,7 @@
 """The organism's model card: `python -m models.organism.card` rewrites `models/organism/README.md` from the
 training report (`model/training_report.json`) and, when present, the probe run on the organism
-(`figures/summary.json`, `figures/items.jsonl`, made by `python run_probes.py --out models/organism/figures`).
-It also draws `figures/lens_by_intensity.png`."""
+(`figures/summary.json`, made by `python run_probes.py --out models/organism/figures`). It also draws
+`figures/lens_by_intensity.png` from the report's held-out lens curves."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import atomic_write_text
+from common.atomic import atomic_write_text, atomic_write_with
 from common.cli import run_main
 from common.errors import ModalflipError
 
@@ -53,16 +53,13 @@ def lens_table(curves: dict, layers: list[int]) -> str:
     return "\n".join([head, rule, *body])
 
 
-def patch_table(patching: dict, layers: list[int]) -> str:
+def patch_table(patching: dict, langs: list[str], layers: list[int]) -> str:
+    """Flip rates of the probes' patching summary at `layers` (all of them patched layers)."""
     head = "| language | patch | " + " | ".join(f"l={l}" for l in layers) + " |"
     rule = "|---|---|" + "---|" * len(layers)
-    body = []
-    for lang in patching.get("langs", [lang for lang in ("en", "zh") if lang in patching]):
-        for kind in ("text", "audio"):
-            summary = patching[lang][kind]
-            index = {layer: i for i, layer in enumerate(patching["layers"])}
-            cells = [f"{summary['flip_rate'][index[l]]:.2f}" if l in index else "–" for l in layers]
-            body.append(f"| {lang} | {kind} | " + " | ".join(cells) + " |")
+    index = {layer: i for i, layer in enumerate(patching["layers"])}
+    body = [f"| {lang} | {kind} | " + " | ".join(f"{patching[lang][kind]['flip_rate'][index[l]]:.2f}" for l in layers)
+            + " |" for lang in langs for kind in ("text", "audio")]
     return "\n".join([head, rule, *body])
 
 
@@ -70,8 +67,6 @@ def draw_lens_by_intensity(curves: dict, k: int, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from common.atomic import atomic_write_with
 
     figure, axis = plt.subplots(figsize=(6, 3.2))
     for name, curve in curves.items():
@@ -102,10 +97,10 @@ def probe_section(k: int, figures: Path) -> str:
     summary = json.loads(summary_path.read_text())
     layers = shown_layers(k, summary["n_layers"])
     critical = {lang: summary["logit_lens"][lang]["conflict"]["critical_layer"] for lang in summary["langs"]}
-    patching = dict(summary["patching"], langs=summary["langs"])
+    patching = summary["patching"]
     return PROBES.format(
         seconds=summary["seconds"], critical=", ".join(f"{lang} {layer}" for lang, layer in critical.items()),
-        patch=patch_table(patching, [l for l in layers if l in patching["layers"]]))
+        patch=patch_table(patching, summary["langs"], [l for l in layers if l in patching["layers"]]))
 
 
 def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
@@ -114,8 +109,8 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
         raise ModalflipError(f"no training report at {report_path}: train first (python -m models.organism.train)")
     r = json.loads(report_path.read_text())
     k = r["takeover_layer"]
-    return CARD.format(k=k, k1=k - 1, k3=k + 3, k2=k + r["settle"], minutes=r["minutes"], threads=r["threads"], steps=r["steps"],
-                       batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
+    return CARD.format(k=k, k1=k - 1, k2=k + r["settle"], k3=k + 3, minutes=r["minutes"], threads=r["threads"],
+                       steps=r["steps"], batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
                        weight=r["invariance_weight"], train_clips=r["train_clips"], heldout_clips=r["heldout_clips"],
                        heldout=metric_rows(r["heldout"]), seed=metric_rows(r["seed_set"]), seed_value=r["seed"],
                        lens=lens_section(k, r["heldout"], figures), probes=probe_section(k, figures),

@@ -267,6 +267,7 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
         trace = run_traced(adapter, batch)
         at_answer = torch.arange(len(chunk)), batch.answer_positions()
         logits = trace.logits[at_answer]
+        resid_at_answer = torch.stack([r[at_answer] for r in trace.resid], dim=1)  # (chunk, layers + 1, d_model)
         for index, (row, vector) in enumerate(zip(chunk, logits)):
             ids = label_ids[row["clip"].lang]
             label_logits = torch.stack([vector[ids[e]] for e in emotions])
@@ -276,7 +277,7 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
                            margin=float(vector[ids[row["text"]]] - vector[ids[clip.emotion]]) if row["text"] else 0.0)
             if row["condition"] == "conflict":
                 pair = torch.tensor([ids[row["text"]], ids[clip.emotion]])
-                readings = torch.stack([lens(adapter, r[at_answer][index], pair) for r in trace.resid])
+                readings = lens(adapter, resid_at_answer[index], pair)
                 outcome["lens"] = (readings[:, 0] - readings[:, 1]).tolist()
             results[row["condition"]].append(outcome)
     summary = {}
@@ -340,7 +341,8 @@ def main(argv=None) -> int:
     parser.add_argument("--invariance-weight", type=float, default=10.0,
                         help="weight of the loss keeping the asserted word inside the instruction span below K")
     parser.add_argument("--swap-weight", type=float, default=0.0,
-                        help="weight of the swap loss (Patch Text below K as a training signal; untried, see the card)")
+                        help="weight of the swap loss (Patch Text below K as a training signal; not yet used for the "
+                             "shipped weights)")
     parser.add_argument("--renders", type=int, default=3, help="renders per training sentence and style")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -361,8 +363,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     started = time.time()
     processor = build.build_processor()
-    label_ids = {lang: {e: processor.tokenizer.convert_tokens_to_ids(w) for e, w in spec.label_words(lang).items()}
-                 for lang in spec.LANGS}
+    model = build.build_model(build.build_config(processor.tokenizer, args.layers, k), seed=args.seed)
+    adapter = ModelAdapter(model, processor, FAMILY, "organism")
+    label_ids = {lang: adapter.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.parent / "organism-training.pt"
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn()]
@@ -373,8 +376,6 @@ def main(argv=None) -> int:
         monitor = lambda a: {key: round(v, 3) for key, v in evaluate(a, probe_rows, label_ids).items()
                              if key in ("audio_only_accuracy", "consistent_accuracy", "conflict_follows_text",
                                         "voice_accuracy", "conflict_margin_normal", "conflict_margin_strong")}
-        model = build.build_model(build.build_config(processor.tokenizer, args.layers, k), seed=args.seed)
-        adapter = ModelAdapter(model, processor, FAMILY, "organism")
         objective = Objective(k, lens_weight=args.lens_weight, invariance_weight=args.invariance_weight,
                               swap_weight=args.swap_weight)
         losses = train(adapter, args.steps, args.lr, args.seed, progress,
