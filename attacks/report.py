@@ -1,12 +1,11 @@
 """What a reader of one attack run sees: the persistence figure and the rich summary tables."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from rich.table import Table
 
-from common.atomic import atomic_write_with
+from common.atomic import atomic_write_png
 
 
 def persistence_figure(persistence: dict, path: str | Path, title: str) -> Path:
@@ -45,14 +44,7 @@ def persistence_figure(persistence: dict, path: str | Path, title: str) -> Path:
     bottom.legend(fontsize=7)
     top.set_title(title, fontsize=9)
     fig.tight_layout()
-
-    def write(buffer: io.BytesIO) -> None:
-        fig.savefig(buffer, format="png", dpi=120)
-
-    try:
-        return atomic_write_with(path, write)
-    finally:
-        plt.close(fig)
+    return atomic_write_png(path, fig)
 
 
 def _rate(entry: dict) -> str:

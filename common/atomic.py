@@ -57,6 +57,16 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[io.BytesIO], Non
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+def atomic_write_png(path: str | os.PathLike, figure, **savefig: Any) -> Path:
+    """Atomically write a matplotlib figure as PNG (120 dpi unless `savefig` says otherwise), then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write_with(path, lambda buffer: figure.savefig(buffer, **{"format": "png", "dpi": 120, **savefig}))
+    finally:
+        plt.close(figure)
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()

@@ -8,15 +8,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.atomic import atomic_write_with  # noqa: E402
+from common.atomic import atomic_write_png  # noqa: E402
 
 COLORS = {"conflict": "tab:red", "consistent": "tab:green", "audio_only": "tab:blue",
           "text": "tab:red", "audio": "tab:blue"}
 
 
 def _save(fig, path: Path) -> Path:
-    atomic_write_with(path, lambda buffer: fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
+    atomic_write_png(path, fig, bbox_inches="tight")
     return path
 
 

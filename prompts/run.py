@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from common.atomic import atomic_write_json, atomic_write_text, atomic_write_with
+from common.atomic import atomic_write_json, atomic_write_png, atomic_write_text
 from common.cli import languages, parse_layer_range, runner_parser
 from common.errors import ModalflipError
 from eval.records import load_records, make_record, write_record
@@ -226,8 +226,7 @@ def score_plot(result: SearchResult, args, path: Path) -> None:
     ax.set_title(f"{result.study_name}: {args.objective}", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    atomic_write_with(path, lambda buffer: fig.savefig(buffer, format="png", dpi=120))
-    plt.close(fig)
+    atomic_write_png(path, fig)
 
 
 def print_tables(console: Console, report: dict, out: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import atomic_write_text, atomic_write_with
+from common.atomic import atomic_write_png, atomic_write_text
 from common.cli import run_main
 from common.errors import ModalflipError
 
@@ -77,8 +77,7 @@ def draw_lens_by_intensity(curves: dict, k: int, path: Path) -> None:
     axis.set_ylabel("Δlogit = logit(T) − logit(A)")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    atomic_write_with(path, lambda buffer: figure.savefig(buffer, format="png", dpi=120))
-    plt.close(figure)
+    atomic_write_png(path, figure)
 
 
 def lens_section(k: int, heldout: dict, figures: Path) -> str:
