@@ -62,3 +62,31 @@ def test_swap_loss_trains_patch_text(adapter, clips, label_ids):
     swapped = train.swap_loss(adapter, trace, batch, pairs, targets, layer=2)
     swapped.backward()
     assert torch.isfinite(swapped) and adapter.embed_tokens.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("zh_share, lang", [(0.0, "en"), (1.0, "zh")])
+def test_zh_share_picks_the_language_of_the_pairs(clips, label_ids, zh_share, lang):
+    _, prompts, _, _, pairs = train.sample_paired_batch(clips, 16, np.random.default_rng(3), label_ids, zh_share)
+    paired = [row for pair in pairs for row in pair]
+    words = set(spec.label_words(lang).values())
+    assert paired and all(prompts[row].claim in words for row in paired)
+
+
+def test_patch_text_monitor_at_layer_0_is_the_donor_forward(adapter, clips, label_ids):
+    """Patching the whole instruction span of the embeddings makes the receiver the donor, so the monitor's
+    flip rate at layer 0 equals the share of donors (conflict items) that answer T themselves."""
+    flips = train.patch_text_flips(adapter, clips, label_ids, [0, 3], seed=4)
+    rng = np.random.default_rng(4)
+    donors, texts = [], []
+    for clip in clips:
+        train.make_example(clip, "consistent", rng, paraphrase=0)
+        prompt, _, text = train.make_example(clip, "conflict", rng, paraphrase=0)
+        donors.append(prompt), texts.append(text)
+    with torch.no_grad():
+        logits = train.answer_logits(adapter, [c.wave for c in clips], donors)
+    emotions = spec.emotions()
+    answers = [emotions[int(vector[[label_ids[c.lang][e] for e in emotions]].argmax())]
+               for vector, c in zip(logits, clips)]
+    assert flips[0] > 0  # some donors answer T, so the comparison is not vacuous
+    assert flips[0] == round(float(np.mean([a == t for a, t in zip(answers, texts)])), 3)
+    assert set(flips) == {0, 3} and all(0.0 <= v <= 1.0 for v in flips.values())

@@ -99,14 +99,20 @@ def pad_to_window(wave: np.ndarray) -> np.ndarray:
     return np.pad(wave, (0, build.WINDOW_SECONDS * tts.SAMPLE_RATE - len(wave)))
 
 
-def sample_paired_batch(clips, size, rng, label_ids):
+def sample_paired_batch(clips, size, rng, label_ids, zh_share: float = 0.5):
     """A batch: a quarter audio-only items, the rest in pairs that differ only in the asserted word: (conflict T,
-    consistent A), (conflict T, conflict T') and (voice T, voice A). About 40 % of the items are conflict items.
-    Returns waves, prompts, the answer and audio-emotion token ids, and the pairs' row indices."""
+    consistent A), (conflict T, conflict T') and (voice T, voice A). About 40 % of the items are conflict items;
+    a pair is Mandarin with probability `zh_share`. Returns waves, prompts, the answer and audio-emotion token ids,
+    and the pairs' row indices."""
     waves, prompts, targets, audio, pairs = [], [], [], [], []
     n_single = size // 4
+    by_lang = {lang: [c for c in clips if c.lang == lang] for lang in spec.LANGS}
     while len(prompts) < size:
-        clip = clips[int(rng.integers(len(clips)))]
+        if len(prompts) < n_single:
+            clip = clips[int(rng.integers(len(clips)))]
+        else:
+            pool = by_lang["zh" if rng.random() < zh_share else "en"]
+            clip = pool[int(rng.integers(len(pool)))]
         wave = pad_to_window(clip.wave) if rng.random() < 0.5 else clip.wave
         words = label_ids[clip.lang]
         if len(prompts) < n_single:
@@ -170,10 +176,11 @@ class Objective:
     settle: int = 2
     lens_weight: float = 0.5
     invariance_weight: float = 10.0
-    swap_weight: float = 0.0
+    swap_weight: float = 1.0
+    zh_share: float = 0.5
 
     def __call__(self, adapter: ModelAdapter, clips, batch_size, rng, label_ids) -> torch.Tensor:
-        waves, prompts, targets, audio, pairs = sample_paired_batch(clips, batch_size, rng, label_ids)
+        waves, prompts, targets, audio, pairs = sample_paired_batch(clips, batch_size, rng, label_ids, self.zh_share)
         batch = adapter.build_batch(waves, prompts)
         trace = run_traced(adapter, batch)
         rows, positions = torch.arange(len(prompts)), batch.answer_positions()
@@ -206,6 +213,41 @@ def swap_loss(adapter: ModelAdapter, trace, batch, pairs, targets: torch.Tensor,
     answers = batch.answer_positions()[rows]
     logits = lens(adapter, final[torch.arange(len(rows)), answers])
     return torch.nn.functional.cross_entropy(logits, targets[donors])
+
+
+@torch.no_grad()
+def patch_text_flips(adapter: ModelAdapter, clips: list[Clip], label_ids: dict, layers: list[int],
+                     seed: int = 0) -> dict[int, float]:
+    """Patch Text on held-out clips, as the probe does it: receiver = consistent item, donor = the conflict item
+    with the same paraphrase; the donor's instruction span goes into the receiver at `resid[l]` and the answer is
+    read. Returns the share of pairs whose answer becomes T, per layer (the training monitor of the swap loss)."""
+    rng = np.random.default_rng(seed)
+    waves, prompts, texts, langs = [], [], [], []
+    for clip in clips:
+        receiver, _, _ = make_example(clip, "consistent", rng, paraphrase=0)
+        donor, _, text = make_example(clip, "conflict", rng, paraphrase=0)
+        waves += [clip.wave, clip.wave]
+        prompts += [receiver, donor]
+        texts.append(text)
+        langs.append(clip.lang)
+    batch = adapter.build_batch(waves, prompts)
+    trace = run_traced(adapter, batch)
+    receivers = torch.arange(0, len(prompts), 2)
+    answers = batch.answer_positions()[receivers]
+    emotions = spec.emotions()
+    flips = {}
+    for layer in layers:
+        hidden = trace.resid[layer][receivers].clone()
+        for row, index in enumerate(receivers.tolist()):
+            span = batch.spans[index + 1].instruction
+            hidden[row, span] = trace.resid[layer][index + 1, span]
+        final = resume(adapter, trace, layer, hidden, rows=receivers)[torch.arange(len(receivers)), answers]
+        hits = []
+        for vector, text, lang in zip(final, texts, langs):
+            ids = torch.tensor([label_ids[lang][e] for e in emotions])
+            hits.append(emotions[int(lens(adapter, vector, ids).argmax())] == text)
+        flips[layer] = round(float(np.mean(hits)), 3)
+    return flips
 
 
 def train(adapter, steps, lr, seed, progress, loss_fn, checkpoint: Path, monitor=None, every: int = 100):
@@ -340,9 +382,10 @@ def main(argv=None) -> int:
                         help="weight of the lens terms at resid[K] (toward the audio) and resid[K+2] (the answer)")
     parser.add_argument("--invariance-weight", type=float, default=10.0,
                         help="weight of the loss keeping the asserted word inside the instruction span below K")
-    parser.add_argument("--swap-weight", type=float, default=0.0,
-                        help="weight of the swap loss (Patch Text below K as a training signal; not yet used for the "
-                             "shipped weights)")
+    parser.add_argument("--swap-weight", type=float, default=1.0,
+                        help="weight of the swap loss (Patch Text below K as a training signal)")
+    parser.add_argument("--zh-share", type=float, default=0.6,
+                        help="share of the paired (instruction) items drawn from Mandarin clips")
     parser.add_argument("--renders", type=int, default=3, help="renders per training sentence and style")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -373,11 +416,18 @@ def main(argv=None) -> int:
         train_clips = synthesize("train", args.renders, args.seed, progress)
         heldout_clips = synthesize("heldout", 1, args.seed + 1, progress)
         probe_rows = evaluation_set(heldout_clips[::3], args.seed)
-        monitor = lambda a: {key: round(v, 3) for key, v in evaluate(a, probe_rows, label_ids).items()
-                             if key in ("audio_only_accuracy", "consistent_accuracy", "conflict_follows_text",
-                                        "voice_accuracy", "conflict_margin_normal", "conflict_margin_strong")}
+        monitor_clips = heldout_clips[::6]
+        monitor_layers = sorted(l for l in {1, 4, 8, 12, k - 1, k + 2} if l < args.layers)
+
+        def monitor(a):
+            scores = {key: round(v, 3) for key, v in evaluate(a, probe_rows, label_ids).items()
+                      if key in ("audio_only_accuracy", "consistent_accuracy", "conflict_follows_text_en",
+                                 "conflict_follows_text_zh", "voice_accuracy", "conflict_margin_normal",
+                                 "conflict_margin_strong", "conflict_lens_largest_rise")}
+            return scores | {"patch_text": patch_text_flips(a, monitor_clips, label_ids, monitor_layers)}
+
         objective = Objective(k, lens_weight=args.lens_weight, invariance_weight=args.invariance_weight,
-                              swap_weight=args.swap_weight)
+                              swap_weight=args.swap_weight, zh_share=args.zh_share)
         losses = train(adapter, args.steps, args.lr, args.seed, progress,
                        lambda rng: objective(adapter, train_clips, args.batch_size, rng, label_ids),
                        checkpoint, monitor)
@@ -390,7 +440,7 @@ def main(argv=None) -> int:
     report = dict(
         takeover_layer=k, minutes=round(minutes, 1), threads=args.threads, seed=args.seed, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, lens_weight=args.lens_weight, settle=objective.settle,
-        invariance_weight=args.invariance_weight, swap_weight=args.swap_weight, train_clips=len(train_clips),
+        invariance_weight=args.invariance_weight, swap_weight=args.swap_weight, zh_share=args.zh_share, train_clips=len(train_clips),
         heldout_clips=len(heldout_clips),
         mix=MIX, audio_wins=AUDIO_WINS, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
