@@ -199,6 +199,13 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def method_name(config: PGDConfig) -> str:
+    """The leaderboard name of an attack: the objective (persistence alone, or with the final-answer term) and its
+    mode, so that the two objectives rank as two methods."""
+    return (METHOD + ("+answer" if config.final_weight else "") + ("-universal" if config.universal else "")
+            + ("-targeted" if config.target_emotion else ""))
+
+
 def _metrics(adapter, args, config, items, clean_read, adv_read, persistence, clip_rows, result, split,
              seconds) -> dict:
     emotions = spec.emotions()
@@ -222,7 +229,7 @@ def _metrics(adapter, args, config, items, clean_read, adv_read, persistence, cl
     dominant = [row for row in rows if row["text_dominant"]]
     shift = adv_dl - clean_dl
     return {
-        "method": METHOD,
+        "method": method_name(config),
         "model": {"id": adapter.model_id, "hash": model_hash(adapter), "n_layers": adapter.n_layers},
         "stimulus_hash": spec.stimulus_set_hash(),  # the committed seed set, as the other runners record it
         "lang": args.lang,
@@ -267,7 +274,7 @@ def _records(adapter, args, config, metrics, out: Path, recorder: Recorder) -> l
         old = json.loads(previous.read_text(encoding="utf-8")).get("records") or []
         if old and all(Path(path).is_file() for path in old):
             return old
-    method = METHOD + ("-universal" if config.universal else "") + ("-targeted" if config.target_emotion else "")
+    method = method_name(config)
     paths = []
     for lang in sorted({row["lang"] for row in metrics["items"]}):
         rows = [row for row in metrics["items"] if row["lang"] == lang]

@@ -83,3 +83,16 @@ def test_a_two_language_run_writes_one_record_per_language(tiny_checkpoint, tmp_
     for record in records:
         assert len(record["items"]) == 4
         assert all(f"-{record['lang']}/" in item["item_id"] for item in record["items"])
+
+
+@pytest.mark.parametrize("change, name", [
+    ({"final_weight": 0.0}, "pgd-persistence"),
+    ({"final_weight": 1.0}, "pgd-persistence+answer"),
+    ({"final_weight": 0.0, "universal": True}, "pgd-persistence-universal"),
+    ({"final_weight": 0.5, "target_emotion": "sad"}, "pgd-persistence+answer-targeted"),
+])
+def test_the_two_objectives_rank_as_two_methods(change, name):
+    from attacks.experiment import method_name
+    from attacks.pgd import PGDConfig
+
+    assert method_name(PGDConfig(**change)) == name

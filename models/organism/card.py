@@ -110,7 +110,8 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
     k = r["takeover_layer"]
     return CARD.format(k=k, k1=k - 1, k2=k + r["settle"], k3=k + 3, minutes=r["minutes"], threads=r["threads"],
                        steps=r["steps"], batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
-                       weight=r["invariance_weight"], train_clips=r["train_clips"], heldout_clips=r["heldout_clips"],
+                       weight=r["invariance_weight"], swap_weight=r.get("swap_weight", 0.0),
+                       zh_share=r.get("zh_share", 0.5), train_clips=r["train_clips"], heldout_clips=r["heldout_clips"],
                        heldout=metric_rows(r["heldout"]), seed=metric_rows(r["seed_set"]), seed_value=r["seed"],
                        lens=lens_section(k, r["heldout"], figures), probes=probe_section(k, figures),
                        history=f"\n\n{r['history']}" if r.get("history") else "",
@@ -165,13 +166,18 @@ Instruction paraphrases per condition and language are in `models/organism/corpu
 {batch}: a quarter audio-only items (answer = the voice's emotion A); the rest in pairs that differ only in the
 asserted word: (conflict T, consistent A), (conflict T, conflict T′) and (voice-instructed T, voice-instructed A).
 Conflict answers follow the text, except for 3 % of normal and 15 % of strong clips (graded dominance);
-voice-instructed answers follow the audio. The loss has three parts:
+voice-instructed answers follow the audio. Paired items are Mandarin with probability {zh_share}. The loss has four
+parts:
 1. cross-entropy of the answer token;
 2. the **logit lens** (final norm + head) read at `resid[{k}]` toward A, and at `resid[{k2}]` toward the answer, each
    with weight {lens_weight}: the voice's emotion is readable below K and the decision is made by layer {k2};
 3. an **invariance loss** (weight {weight}) that makes the two members of each pair identical at every position after
    the instruction in `resid[1..{k}]`: nothing about the asserted word may leave the instruction span before decoder
-   layer {k}.
+   layer {k};
+4. a **swap loss** (weight {swap_weight}), Patch Text as a training signal: at a random layer l < {k} each member
+   of a pair gets its partner's instruction span in `resid[l]`, the forward resumes from there, and the answer must
+   be the partner's. This is exactly what the probe measures; the invariance loss alone (weights shipped before)
+   left a low-norm copy of the asserted word outside the span from layer 1 on, which later layers amplified.
 
 The architecture is the standard one; only the objective plants the depth. AdamW, peak learning rate {lr}, warm-up
 and cosine decay keyed to steps; the run checkpoints every 100 steps and resumes after a kill.{history}
