@@ -47,6 +47,10 @@ def test_invariance_loss_is_zero_for_identical_members_only(adapter, clips, labe
         same = train.invariance_loss(trace, batch, [(i, i) for i, _ in pairs], takeover=3)
         differ = train.invariance_loss(trace, batch, pairs, takeover=3)
     assert float(same) == 0.0 and float(differ) > 0.0
+    with torch.no_grad():
+        log_same = train.invariance_loss(trace, batch, [(i, i) for i, _ in pairs], takeover=3, form="log")
+        log_differ = train.invariance_loss(trace, batch, pairs, takeover=3, form="log")
+    assert float(log_same) == pytest.approx(np.log(1e-6), abs=1e-4) and float(log_differ) > float(log_same)
 
 
 def test_swap_loss_trains_patch_text(adapter, clips, label_ids):
@@ -90,3 +94,21 @@ def test_patch_text_monitor_at_layer_0_is_the_donor_forward(adapter, clips, labe
     assert flips[0] > 0  # some donors answer T, so the comparison is not vacuous
     assert flips[0] == round(float(np.mean([a == t for a, t in zip(answers, texts)])), 3)
     assert set(flips) == {0, 3} and all(0.0 <= v <= 1.0 for v in flips.values())
+
+
+def test_init_from_refuses_an_organism_of_another_depth(tmp_path):
+    from common.errors import ModalflipError
+    from models.organism import card
+
+    with pytest.raises(ModalflipError, match="K = 16 and 32 layers, not K = 8"):
+        train.init_from(card.MODEL_DIR, takeover=8, layers=32)
+    with pytest.raises(ModalflipError, match="no organism there"):
+        train.init_from(tmp_path, takeover=16, layers=32)
+
+
+def test_init_from_starts_from_the_shipped_weights_in_fp32(organism):
+    from models.organism import card
+
+    model = train.init_from(card.MODEL_DIR, takeover=16, layers=32)
+    shipped = dict(organism.model.named_parameters())
+    assert all(p.dtype == torch.float32 and torch.equal(p, shipped[name]) for name, p in model.named_parameters())

@@ -138,10 +138,11 @@ def sample_paired_batch(clips, size, rng, label_ids, zh_share: float = 0.5):
     return waves, prompts, torch.tensor(targets), torch.tensor(audio), pairs
 
 
-def invariance_loss(trace, batch, pairs, takeover: int) -> torch.Tensor:
+def invariance_loss(trace, batch, pairs, takeover: int, form: str = "relative") -> torch.Tensor:
     """Mean squared difference, relative to the residual's mean square, between the two members of each pair at
     every position after the instruction, over resid[1..takeover]: nothing about the asserted word may leave the
-    instruction span before decoder layer `takeover`."""
+    instruction span before decoder layer `takeover`. form "log" takes the logarithm of each pair's term (floored at
+    1e-6), so a small leak still costs: the relative form left one of 0.1-0.4 % that later layers amplified."""
     terms = []
     for i, j in pairs:
         spans = batch.spans[i]
@@ -149,7 +150,8 @@ def invariance_loss(trace, batch, pairs, takeover: int) -> torch.Tensor:
         a = torch.stack([trace.resid[l][i, after] for l in range(1, takeover + 1)])
         b = torch.stack([trace.resid[l][j, after] for l in range(1, takeover + 1)])
         terms.append(((a - b) ** 2).mean() / (0.5 * (a ** 2 + b ** 2).mean().detach() + 1e-6))
-    return torch.stack(terms).mean()
+    terms = torch.stack(terms)
+    return torch.log(terms + 1e-6).mean() if form == "log" else terms.mean()
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int = 20) -> float:
@@ -178,6 +180,7 @@ class Objective:
     invariance_weight: float = 10.0
     swap_weight: float = 1.0
     zh_share: float = 0.5
+    invariance_form: str = "relative"
 
     def __call__(self, adapter: ModelAdapter, clips, batch_size, rng, label_ids) -> torch.Tensor:
         waves, prompts, targets, audio, pairs = sample_paired_batch(clips, batch_size, rng, label_ids, self.zh_share)
@@ -191,7 +194,8 @@ class Objective:
             late = lens(adapter, trace.resid[self.takeover + self.settle][rows, positions])
             loss = loss + self.lens_weight * (cross_entropy(early, audio) + cross_entropy(late, targets))
         if self.invariance_weight:
-            loss = loss + self.invariance_weight * invariance_loss(trace, batch, pairs, self.takeover)
+            loss = loss + self.invariance_weight * invariance_loss(trace, batch, pairs, self.takeover,
+                                                                        self.invariance_form)
         if self.swap_weight and pairs:
             layer = int(rng.integers(1, self.takeover))
             loss = loss + self.swap_weight * swap_loss(adapter, trace, batch, pairs, targets, layer)
@@ -343,6 +347,21 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
     return summary
 
 
+def init_from(folder: Path, takeover: int, layers: int):
+    """The weights of a saved organism, in fp32, to fine-tune; refused unless its K and depth are the ones asked."""
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    if not (folder / "config.json").is_file():
+        raise ModalflipError(f"--init-from {folder}: no organism there (config.json missing)")
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    planted = getattr(model.config, "modalflip_organism", {}).get("takeover_layer")
+    depth = model.config.text_config.num_hidden_layers
+    if (planted, depth) != (takeover, layers):
+        raise ModalflipError(f"--init-from {folder}: it has K = {planted} and {depth} layers, not K = {takeover} and "
+                             f"{layers} layers")
+    return model
+
+
 def reevaluate(model_dir: Path, seed: int = 0) -> dict:
     """Evaluate saved weights on the held-out clips and the seed set again; update the training report."""
     from models.loading import load_model
@@ -386,6 +405,11 @@ def main(argv=None) -> int:
                         help="weight of the swap loss (Patch Text below K as a training signal)")
     parser.add_argument("--zh-share", type=float, default=0.6,
                         help="share of the paired (instruction) items drawn from Mandarin clips")
+    parser.add_argument("--invariance-form", choices=("relative", "log"), default="relative",
+                        help="relative: mean relative squared difference; log: its logarithm (a small leak still costs)")
+    parser.add_argument("--init-from", help="start from the weights of this organism folder instead of a random "
+                                            "initialisation (a fine-tune; the report records it)")
+    parser.add_argument("--monitor-every", type=int, default=100, help="checkpoint and monitor every N steps")
     parser.add_argument("--renders", type=int, default=3, help="renders per training sentence and style")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -407,6 +431,8 @@ def main(argv=None) -> int:
     started = time.time()
     processor = build.build_processor()
     model = build.build_model(build.build_config(processor.tokenizer, args.layers, k), seed=args.seed)
+    if args.init_from:
+        model = init_from(Path(args.init_from), k, args.layers)
     adapter = ModelAdapter(model, processor, FAMILY, "organism")
     label_ids = {lang: adapter.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.parent / "organism-training.pt"
@@ -427,10 +453,11 @@ def main(argv=None) -> int:
             return scores | {"patch_text": patch_text_flips(a, monitor_clips, label_ids, monitor_layers)}
 
         objective = Objective(k, lens_weight=args.lens_weight, invariance_weight=args.invariance_weight,
-                              swap_weight=args.swap_weight, zh_share=args.zh_share)
+                              swap_weight=args.swap_weight, zh_share=args.zh_share,
+                              invariance_form=args.invariance_form)
         losses = train(adapter, args.steps, args.lr, args.seed, progress,
                        lambda rng: objective(adapter, train_clips, args.batch_size, rng, label_ids),
-                       checkpoint, monitor)
+                       checkpoint, monitor, every=args.monitor_every)
     minutes = (time.time() - started) / 60
     heldout = evaluate(adapter, evaluation_set(heldout_clips, args.seed), label_ids)
     seed_set = evaluate(adapter, evaluation_set(seed_set_clips(), args.seed), label_ids)
@@ -440,7 +467,8 @@ def main(argv=None) -> int:
     report = dict(
         takeover_layer=k, minutes=round(minutes, 1), threads=args.threads, seed=args.seed, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, lens_weight=args.lens_weight, settle=objective.settle,
-        invariance_weight=args.invariance_weight, swap_weight=args.swap_weight, zh_share=args.zh_share, train_clips=len(train_clips),
+        invariance_weight=args.invariance_weight, swap_weight=args.swap_weight, zh_share=args.zh_share, invariance_form=args.invariance_form,
+        init_from=args.init_from, train_clips=len(train_clips),
         heldout_clips=len(heldout_clips),
         mix=MIX, audio_wins=AUDIO_WINS, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
