@@ -42,11 +42,14 @@ class Directions:
     counts: list[int]
     key: str = ""
     # derived in __post_init__, per position: centre (n_layers + 1, d), unit directions (n_emotions, n_layers + 1,
-    # d) and class gaps (n_emotions, n_layers + 1); `present` marks emotions with at least one item
+    # d) and class gaps (n_emotions, n_layers + 1); `present` marks emotions with at least one item; `flat` marks
+    # (emotion, layer) where the classes do not separate at all (the organism's answer position below its
+    # takeover layer, which sees only its own token): no direction there, the projection is 0
     present: torch.Tensor = field(init=False, repr=False)
     centre: dict[str, torch.Tensor] = field(init=False, repr=False)
     unit: dict[str, torch.Tensor] = field(init=False, repr=False)
     gap: dict[str, torch.Tensor] = field(init=False, repr=False)
+    flat: dict[str, torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self):
         present = torch.tensor([c > 0 for c in self.counts])
@@ -54,7 +57,7 @@ class Directions:
             raise ModalflipError("emotion directions need clean audio-only clips of at least two emotions; "
                                  f"got counts {dict(zip(self.emotions, self.counts))}")
         self.present = present
-        self.centre, self.unit, self.gap = {}, {}, {}
+        self.centre, self.unit, self.gap, self.flat = {}, {}, {}, {}
         for pos, means in self.means.items():
             kept = means[present]
             n = kept.shape[0]
@@ -64,6 +67,7 @@ class Directions:
             self.centre[pos] = kept.mean(0)  # (n_layers + 1, d)
             self.unit[pos] = diff / gap.clamp_min(1e-12).unsqueeze(-1)
             self.gap[pos] = gap.clamp_min(1e-12)
+            self.flat[pos] = gap <= 1e-4 * self.centre[pos].norm(dim=-1).clamp_min(1e-12)
 
     @property
     def n_layers(self) -> int:
@@ -79,10 +83,12 @@ class Directions:
 
     def project(self, pos: str, layer: int, resid: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Projection of resid (n, d_model) at `layer` on the direction of emotion rows[i] (indices into
-        `emotions`), in class gaps from the centre; returns (n,)."""
+        `emotions`), in class gaps from the centre; returns (n,), 0 where the classes do not separate (`flat`)."""
         unit = self.unit[pos][rows, layer].to(resid)  # (n, d)
         centre = self.centre[pos][layer].to(resid)
-        return ((resid - centre) * unit).sum(-1) / self.gap[pos][rows, layer].to(resid)
+        projection = ((resid - centre) * unit).sum(-1) / self.gap[pos][rows, layer].to(resid)
+        flat = self.flat[pos][rows, layer].to(resid.device)
+        return torch.where(flat, torch.zeros_like(projection), projection)
 
     def probe(self, pos: str, layer: int, resid: torch.Tensor) -> torch.Tensor:
         """The linear probe: index of the nearest present class mean to each row of resid (n, d_model); (n,)."""

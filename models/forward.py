@@ -132,10 +132,11 @@ def _attention_config(adapter: ModelAdapter):
 
 
 def suffix_supported(adapter: ModelAdapter) -> bool:
-    """Suffix resumes need an explicit attention mask they can build (eager or SDPA attention, no sliding window)."""
+    """Suffix resumes need an attention mask they can cut or build: eager or SDPA attention. A sliding-window layer's
+    traced mask is a tensor whenever the window cuts anything, and cut rows of it stay exact; where the run passed
+    none, the window covered every position and the causal mask built in its place is the same."""
     config = _attention_config(adapter)
-    return (config is not None and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
-            and not getattr(config, "use_sliding_window", False))
+    return config is not None and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
 
 
 def _fill_unreached(adapter: ModelAdapter, layer_kwargs: list[dict | None]) -> list[dict]:

@@ -111,7 +111,7 @@ def sample_paired_batch(clips, size, rng, label_ids, zh_share: float = 0.5):
         if len(prompts) < n_single:
             clip = clips[int(rng.integers(len(clips)))]
         else:
-            pool = by_lang["zh" if rng.random() < zh_share else "en"]
+            pool = by_lang["zh" if rng.random() < zh_share else "en"] or clips
             clip = pool[int(rng.integers(len(pool)))]
         wave = pad_to_window(clip.wave) if rng.random() < 0.5 else clip.wave
         words = label_ids[clip.lang]
@@ -181,6 +181,7 @@ class Objective:
     swap_weight: float = 1.0
     zh_share: float = 0.5
     invariance_form: str = "relative"
+    early_lens: bool = True  # the lens at resid[K] toward the voice (off where layers below K are token-local)
 
     def __call__(self, adapter: ModelAdapter, clips, batch_size, rng, label_ids) -> torch.Tensor:
         waves, prompts, targets, audio, pairs = sample_paired_batch(clips, batch_size, rng, label_ids, self.zh_share)
@@ -190,9 +191,11 @@ class Objective:
         cross_entropy = torch.nn.functional.cross_entropy
         loss = cross_entropy(trace.logits[rows, positions], targets)
         if self.lens_weight:
-            early = lens(adapter, trace.resid[self.takeover][rows, positions])
             late = lens(adapter, trace.resid[self.takeover + self.settle][rows, positions])
-            loss = loss + self.lens_weight * (cross_entropy(early, audio) + cross_entropy(late, targets))
+            loss = loss + self.lens_weight * cross_entropy(late, targets)
+            if self.early_lens:
+                early = lens(adapter, trace.resid[self.takeover][rows, positions])
+                loss = loss + self.lens_weight * cross_entropy(early, audio)
         if self.invariance_weight:
             loss = loss + self.invariance_weight * invariance_loss(trace, batch, pairs, self.takeover,
                                                                         self.invariance_form)
@@ -397,6 +400,11 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate")
+    parser.add_argument("--plant", choices=("local", "objective"), default="objective",
+                        help="how K is planted. local: decoder layers below K attend to their own token only "
+                             "(sliding window 1 in the config), so nothing moves between tokens before K; the loss is "
+                             "the answer's cross-entropy and the lens at resid[K+2]. objective: full attention "
+                             "everywhere, K planted by the lens, invariance and swap terms")
     parser.add_argument("--lens-weight", type=float, default=0.5,
                         help="weight of the lens terms at resid[K] (toward the audio) and resid[K+2] (the answer)")
     parser.add_argument("--invariance-weight", type=float, default=10.0,
@@ -430,7 +438,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     started = time.time()
     processor = build.build_processor()
-    model = build.build_model(build.build_config(processor.tokenizer, args.layers, k), seed=args.seed)
+    local = args.plant == "local"
+    model = build.build_model(build.build_config(processor.tokenizer, args.layers, k, local_below=local),
+                              seed=args.seed)
     if args.init_from:
         model = init_from(Path(args.init_from), k, args.layers)
     adapter = ModelAdapter(model, processor, FAMILY, "organism")
@@ -452,9 +462,9 @@ def main(argv=None) -> int:
                                  "conflict_margin_strong", "conflict_lens_largest_rise")}
             return scores | {"patch_text": patch_text_flips(a, monitor_clips, label_ids, monitor_layers)}
 
-        objective = Objective(k, lens_weight=args.lens_weight, invariance_weight=args.invariance_weight,
-                              swap_weight=args.swap_weight, zh_share=args.zh_share,
-                              invariance_form=args.invariance_form)
+        objective = Objective(k, lens_weight=args.lens_weight, invariance_weight=0.0 if local else args.invariance_weight,
+                              swap_weight=0.0 if local else args.swap_weight, zh_share=args.zh_share,
+                              invariance_form=args.invariance_form, early_lens=not local)
         losses = train(adapter, args.steps, args.lr, args.seed, progress,
                        lambda rng: objective(adapter, train_clips, args.batch_size, rng, label_ids),
                        checkpoint, monitor, every=args.monitor_every)
@@ -467,8 +477,9 @@ def main(argv=None) -> int:
     report = dict(
         takeover_layer=k, minutes=round(minutes, 1), threads=args.threads, seed=args.seed, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, lens_weight=args.lens_weight, settle=objective.settle,
-        invariance_weight=args.invariance_weight, swap_weight=args.swap_weight, zh_share=args.zh_share, invariance_form=args.invariance_form,
-        init_from=args.init_from, train_clips=len(train_clips),
+        invariance_weight=objective.invariance_weight, swap_weight=objective.swap_weight, zh_share=args.zh_share,
+        invariance_form=args.invariance_form,
+        init_from=args.init_from, plant=args.plant, train_clips=len(train_clips),
         heldout_clips=len(heldout_clips),
         mix=MIX, audio_wins=AUDIO_WINS, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
