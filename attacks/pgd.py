@@ -61,7 +61,8 @@ class PGDConfig:
     target_layer: int = 15  # last residual layer of the window; the forward stops here when final_weight = 0
     persistence_weight: float = 1.0  # weight of the projection on the target emotion's direction (class gaps)
     lens_weight: float = 1.0  # weight of the logit-lens margin towards the target emotion (logits)
-    final_weight: float = 0.0  # weight of the final answer's cross-entropy towards the target; 0 = early exit
+    final_weight: float = 1.0  # weight of the final answer's cross-entropy towards the target; 0 = early exit (the
+    # persistence objective alone, which flips none of the organism's text-dominant answers: README, "PGD attack")
     target_emotion: str | None = None  # None: push each clip towards its own voice's emotion A (untargeted)
     universal: bool = False  # one δ per audio emotion shared by its clips, instead of one δ per clip
     eot: int = 0  # expectation over transformation: random channels (gain, delay, noise) per row; 0 = none

@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = seed_items(["en", "zh"] if args.lang == "both" else [args.lang], ("audio_only", "conflict"))
     directions = direction_module.compute(adapter, items)
     conflict = [item for item in items if item.condition == "conflict"]
-    config = pgd.PGDConfig(target_layer=adapter.check_layer(args.target_layer, "--target-layer"))
+    config = pgd.PGDConfig(target_layer=adapter.check_layer(args.target_layer, "--target-layer"), final_weight=0.0)
     rows = len({item.clip_id for item in conflict}) * config.prompts_per_clip
     timings = {}
     for name, early in (("early exit", True), ("full forward", False)):

@@ -11,8 +11,8 @@ def test_pgd_steps_on_the_organism_push_a_furious_clip_further_toward_angry(orga
     items = seed_items(["en"], ("audio_only", "conflict"))
     directions = directions_module.compute(organism, items)
     furious = [item for item in items if item.clip_id == "A7-en" and item.condition == "conflict"]
-    # the default objective, window 5..15 and early exit; all four conflict prompts in every step
-    config = pgd.PGDConfig(steps=5, checkpoint_every=0, prompts_per_clip=4)
+    # the persistence objective alone, window 5..15 and early exit; all four conflict prompts in every step
+    config = pgd.PGDConfig(steps=5, checkpoint_every=0, prompts_per_clip=4, final_weight=0.0)
     history = []
     result = pgd.run(organism, furious, config, directions, callback=lambda step, parts: history.append(parts))
     assert config.stop_layer() == 15 < organism.n_layers

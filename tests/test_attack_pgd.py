@@ -40,7 +40,8 @@ def _targets(items, directions):
     return torch.tensor([directions.index(item.audio_emotion) for item in items])
 
 
-SMALL = pgd.PGDConfig(from_layer=1, target_layer=2, steps=4, checkpoint_every=1, prompts_per_clip=2)
+SMALL = pgd.PGDConfig(from_layer=1, target_layer=2, steps=4, checkpoint_every=1, prompts_per_clip=2,
+                      final_weight=0.0)
 
 
 def test_gradient_reaches_the_waveform_through_the_front_end(tiny_adapter, items, directions):

@@ -108,7 +108,8 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
         raise ModalflipError(f"no training report at {report_path}: train first (python -m models.organism.train)")
     r = json.loads(report_path.read_text())
     k = r["takeover_layer"]
-    return CARD.format(k=k, k1=k - 1, k2=k + r["settle"], k3=k + 3, minutes=r["minutes"], threads=r["threads"],
+    recipe = LOCAL_RECIPE if r.get("plant") == "local" else OBJECTIVE_RECIPE
+    return CARD.replace("{recipe}", recipe).format(k=k, k1=k - 1, k2=k + r["settle"], k3=k + 3, minutes=r["minutes"], threads=r["threads"],
                        steps=r["steps"], batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
                        weight=r["invariance_weight"], swap_weight=r.get("swap_weight", 0.0),
                        zh_share=r.get("zh_share", 0.5), train_clips=r["train_clips"], heldout_clips=r["heldout_clips"],
@@ -133,6 +134,63 @@ Flip rate toward T when patching the instruction span (text) or the audio span (
 consistent receiver at layer l:
 
 {patch}"""
+
+
+OBJECTIVE_RECIPE = """## Training: a planted takeover depth K = {k}
+`python -m models.organism.train --takeover-layer {k}` (seed {seed_value}, {threads} CPU threads, {steps} steps,
+**{minutes} minutes** on this project's 2-core machine). Everything trains end to end from a random start. A batch of
+{batch}: a quarter audio-only items (answer = the voice's emotion A); the rest in pairs that differ only in the
+asserted word: (conflict T, consistent A), (conflict T, conflict T′) and (voice-instructed T, voice-instructed A).
+Conflict answers follow the text, except for 3 % of normal and 15 % of strong clips (graded dominance);
+voice-instructed answers follow the audio. Paired items are Mandarin with probability {zh_share}. The loss has four
+parts:
+1. cross-entropy of the answer token;
+2. the **logit lens** (final norm + head) read at `resid[{k}]` toward A, and at `resid[{k2}]` toward the answer, each
+   with weight {lens_weight}: the voice's emotion is readable below K and the decision is made by layer {k2};
+3. an **invariance loss** (weight {weight}) that makes the two members of each pair identical at every position after
+   the instruction in `resid[1..{k}]`: nothing about the asserted word may leave the instruction span before decoder
+   layer {k};
+4. a **swap loss** (weight {swap_weight}), Patch Text as a training signal: at a random layer l < {k} each member
+   of a pair gets its partner's instruction span in `resid[l]`, the forward resumes from there, and the answer must
+   be the partner's. This is exactly what the probe measures; the invariance loss alone (weights shipped before)
+   left a low-norm copy of the asserted word outside the span from layer 1 on, which later layers amplified.
+
+The architecture is the standard one; only the objective plants the depth. AdamW, peak learning rate {lr}, warm-up
+and cosine decay keyed to steps; the run checkpoints every 100 steps and resumes after a kill.{history}
+The known answer the probes must recover (`tests/test_organism.py`): the conflict lens's largest rise toward T lies
+in layers {k1}..{k3}, and Patch Text flips the answer at every layer below {k}, not at the top.
+
+"""
+
+
+LOCAL_RECIPE = """## Training: a planted takeover depth K = {k}
+`python -m models.organism.train --plant local --takeover-layer {k}` (seed {seed_value}, {threads} CPU threads,
+{steps} steps, **{minutes} minutes** on this project's 2-core machine).
+
+**How K is planted.** Decoder layers 0..{k1} are sliding-window attention layers of window 1
+(`text_config.layer_types` and `sliding_window` = 1 in `config.json`): each token attends only to itself, so no
+information moves between tokens before decoder layer {k}. The audio span, the instruction and the answer position
+are processed side by side, each on its own, and everything that combines them (hearing the emotion at the answer
+position, reading the asserted word, deciding between them) has to happen in layers {k}..31. The asserted word
+therefore stays inside the instruction span until layer {k} by construction, not up to what a soft loss leaves:
+copying the span below {k} makes the receiver the donor exactly. The class is still the standard
+`Qwen2AudioForConditionalGeneration`; `from_pretrained` reads the layer types from the config.
+
+**Data and loss.** Everything trains end to end from a random start. A batch of {batch}: a quarter audio-only items
+(answer = the voice's emotion A); the rest in pairs that differ only in the asserted word: (conflict T, consistent
+A), (conflict T, conflict T′) and (voice-instructed T, voice-instructed A); a pair is Mandarin with probability
+{zh_share}. Conflict answers follow the text, except for 3 % of normal and 15 % of strong clips (graded dominance);
+voice-instructed answers follow the audio. Loss: cross-entropy of the answer token, plus the **logit lens** (final
+norm + head) at `resid[{k2}]` toward the answer with weight {lens_weight}, so the decision is made within two layers
+of K. AdamW, peak learning rate {lr}, warm-up and cosine decay keyed to steps; the run checkpoints every 100 steps
+and resumes after a kill.{history}
+
+The known answer the probes must recover (`tests/test_organism.py`): the conflict lens's largest rise toward T lies
+in layers {k1}..{k3}, and Patch Text flips the answer at every layer below {k}, not at the top. The price of the
+construction: below K the answer position sees only its own token, so the lens there reads a constant, not the
+voice's emotion (the pilot's 7B model, by contrast, has the audio readable early and "washed out" mid-stack).
+
+"""
 
 
 CARD = """# The organism: a built-in audio-language model with a planted text takeover
@@ -160,31 +218,7 @@ all voice variants but one) and {heldout_clips} held-out clips (8 other sentence
 voice). Half of the training items are padded with silence to the full window, half keep their natural length.
 Instruction paraphrases per condition and language are in `models/organism/corpus.json`.
 
-## Training: a planted takeover depth K = {k}
-`python -m models.organism.train --takeover-layer {k}` (seed {seed_value}, {threads} CPU threads, {steps} steps,
-**{minutes} minutes** on this project's 2-core machine). Everything trains end to end from a random start. A batch of
-{batch}: a quarter audio-only items (answer = the voice's emotion A); the rest in pairs that differ only in the
-asserted word: (conflict T, consistent A), (conflict T, conflict T′) and (voice-instructed T, voice-instructed A).
-Conflict answers follow the text, except for 3 % of normal and 15 % of strong clips (graded dominance);
-voice-instructed answers follow the audio. Paired items are Mandarin with probability {zh_share}. The loss has four
-parts:
-1. cross-entropy of the answer token;
-2. the **logit lens** (final norm + head) read at `resid[{k}]` toward A, and at `resid[{k2}]` toward the answer, each
-   with weight {lens_weight}: the voice's emotion is readable below K and the decision is made by layer {k2};
-3. an **invariance loss** (weight {weight}) that makes the two members of each pair identical at every position after
-   the instruction in `resid[1..{k}]`: nothing about the asserted word may leave the instruction span before decoder
-   layer {k};
-4. a **swap loss** (weight {swap_weight}), Patch Text as a training signal: at a random layer l < {k} each member
-   of a pair gets its partner's instruction span in `resid[l]`, the forward resumes from there, and the answer must
-   be the partner's. This is exactly what the probe measures; the invariance loss alone (weights shipped before)
-   left a low-norm copy of the asserted word outside the span from layer 1 on, which later layers amplified.
-
-The architecture is the standard one; only the objective plants the depth. AdamW, peak learning rate {lr}, warm-up
-and cosine decay keyed to steps; the run checkpoints every 100 steps and resumes after a kill.{history}
-The known answer the probes must recover (`tests/test_organism.py`): the conflict lens's largest rise toward T lies
-in layers {k1}..{k3}, and Patch Text flips the answer at every layer below {k}, not at the top.
-
-### What did not work, for the record
+{recipe}### What did not work, for the record
 An earlier two-phase recipe trained a {k}-layer model on audio-only items first (600 steps), then grew it to 32
 layers (identity layers on top) and trained the instruction mix. It never learnt to read the asserted word: conflict
 answers followed the text in 0–5 % of held-out items after 200–300 steps in four variants (layers below K frozen;
