@@ -37,6 +37,18 @@ def metric_rows(m: dict) -> str:
     ])
 
 
+SWAP_ITEM = """
+4. a **swap loss** (weight {weight}), Patch Text as a training signal: at a random layer l < {k} each member of a
+   pair gets its partner's instruction span in `resid[l]`, the forward resumes from there, and the answer must be
+   the partner's."""
+
+
+def language_mix(zh_share: float | None) -> str:
+    if zh_share is None:
+        return "Clips are drawn from both languages alike."
+    return f"Paired items are Mandarin with probability {zh_share}."
+
+
 def shown_layers(k: int, n_layers: int) -> list[int]:
     return sorted({0, 1, 4, 8, 12, k - 2, k - 1, k, k + 1, k + 2, k + 4, 24, 28, n_layers} & set(range(n_layers + 1)))
 
@@ -111,8 +123,9 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
     recipe = LOCAL_RECIPE if r.get("plant") == "local" else OBJECTIVE_RECIPE
     return CARD.replace("{recipe}", recipe).format(k=k, k1=k - 1, k2=k + r["settle"], k3=k + 3, minutes=r["minutes"], threads=r["threads"],
                        steps=r["steps"], batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
-                       weight=r["invariance_weight"], swap_weight=r.get("swap_weight", 0.0),
-                       zh_share=r.get("zh_share", 0.5), train_clips=r["train_clips"], heldout_clips=r["heldout_clips"],
+                       weight=r["invariance_weight"],
+                       swap_item=SWAP_ITEM.format(weight=r["swap_weight"], k=k) if r.get("swap_weight") else "",
+                       zh_share=language_mix(r.get("zh_share")), train_clips=r["train_clips"], heldout_clips=r["heldout_clips"],
                        heldout=metric_rows(r["heldout"]), seed=metric_rows(r["seed_set"]), seed_value=r["seed"],
                        lens=lens_section(k, r["heldout"], figures), probes=probe_section(k, figures),
                        history=f"\n\n{r['history']}" if r.get("history") else "",
@@ -142,18 +155,13 @@ OBJECTIVE_RECIPE = """## Training: a planted takeover depth K = {k}
 {batch}: a quarter audio-only items (answer = the voice's emotion A); the rest in pairs that differ only in the
 asserted word: (conflict T, consistent A), (conflict T, conflict T′) and (voice-instructed T, voice-instructed A).
 Conflict answers follow the text, except for 3 % of normal and 15 % of strong clips (graded dominance);
-voice-instructed answers follow the audio. Paired items are Mandarin with probability {zh_share}. The loss has four
-parts:
+voice-instructed answers follow the audio. {zh_share} The loss has these parts:
 1. cross-entropy of the answer token;
 2. the **logit lens** (final norm + head) read at `resid[{k}]` toward A, and at `resid[{k2}]` toward the answer, each
    with weight {lens_weight}: the voice's emotion is readable below K and the decision is made by layer {k2};
 3. an **invariance loss** (weight {weight}) that makes the two members of each pair identical at every position after
    the instruction in `resid[1..{k}]`: nothing about the asserted word may leave the instruction span before decoder
-   layer {k};
-4. a **swap loss** (weight {swap_weight}), Patch Text as a training signal: at a random layer l < {k} each member
-   of a pair gets its partner's instruction span in `resid[l]`, the forward resumes from there, and the answer must
-   be the partner's. This is exactly what the probe measures; the invariance loss alone (weights shipped before)
-   left a low-norm copy of the asserted word outside the span from layer 1 on, which later layers amplified.
+   layer {k}.{swap_item}
 
 The architecture is the standard one; only the objective plants the depth. AdamW, peak learning rate {lr}, warm-up
 and cosine decay keyed to steps; the run checkpoints every 100 steps and resumes after a kill.{history}
@@ -178,8 +186,7 @@ copying the span below {k} makes the receiver the donor exactly. The class is st
 
 **Data and loss.** Everything trains end to end from a random start. A batch of {batch}: a quarter audio-only items
 (answer = the voice's emotion A); the rest in pairs that differ only in the asserted word: (conflict T, consistent
-A), (conflict T, conflict T′) and (voice-instructed T, voice-instructed A); a pair is Mandarin with probability
-{zh_share}. Conflict answers follow the text, except for 3 % of normal and 15 % of strong clips (graded dominance);
+A), (conflict T, conflict T′) and (voice-instructed T, voice-instructed A). {zh_share} Conflict answers follow the text, except for 3 % of normal and 15 % of strong clips (graded dominance);
 voice-instructed answers follow the audio. Loss: cross-entropy of the answer token, plus the **logit lens** (final
 norm + head) at `resid[{k2}]` toward the answer with weight {lens_weight}, so the decision is made within two layers
 of K. AdamW, peak learning rate {lr}, warm-up and cosine decay keyed to steps; the run checkpoints every 100 steps

@@ -99,16 +99,16 @@ def pad_to_window(wave: np.ndarray) -> np.ndarray:
     return np.pad(wave, (0, build.WINDOW_SECONDS * tts.SAMPLE_RATE - len(wave)))
 
 
-def sample_paired_batch(clips, size, rng, label_ids, zh_share: float = 0.5):
+def sample_paired_batch(clips, size, rng, label_ids, zh_share: float | None = None):
     """A batch: a quarter audio-only items, the rest in pairs that differ only in the asserted word: (conflict T,
     consistent A), (conflict T, conflict T') and (voice T, voice A). About 40 % of the items are conflict items;
-    a pair is Mandarin with probability `zh_share`. Returns waves, prompts, the answer and audio-emotion token ids,
+    a pair is Mandarin with probability `zh_share` (None: every item draws from all clips). Returns waves, prompts, the answer and audio-emotion token ids,
     and the pairs' row indices."""
     waves, prompts, targets, audio, pairs = [], [], [], [], []
     n_single = size // 4
     by_lang = {lang: [c for c in clips if c.lang == lang] for lang in spec.LANGS}
     while len(prompts) < size:
-        if len(prompts) < n_single:
+        if len(prompts) < n_single or zh_share is None:
             clip = clips[int(rng.integers(len(clips)))]
         else:
             pool = by_lang["zh" if rng.random() < zh_share else "en"] or clips
@@ -178,8 +178,8 @@ class Objective:
     settle: int = 2
     lens_weight: float = 0.5
     invariance_weight: float = 10.0
-    swap_weight: float = 1.0
-    zh_share: float = 0.5
+    swap_weight: float = 0.0
+    zh_share: float | None = None
     invariance_form: str = "relative"
     early_lens: bool = True  # the lens at resid[K] toward the voice (off where layers below K are token-local)
 
@@ -409,10 +409,11 @@ def main(argv=None) -> int:
                         help="weight of the lens terms at resid[K] (toward the audio) and resid[K+2] (the answer)")
     parser.add_argument("--invariance-weight", type=float, default=10.0,
                         help="weight of the loss keeping the asserted word inside the instruction span below K")
-    parser.add_argument("--swap-weight", type=float, default=1.0,
+    parser.add_argument("--swap-weight", type=float, default=0.0,
                         help="weight of the swap loss (Patch Text below K as a training signal)")
-    parser.add_argument("--zh-share", type=float, default=0.6,
-                        help="share of the paired (instruction) items drawn from Mandarin clips")
+    parser.add_argument("--zh-share", type=float, default=None,
+                        help="share of the paired (instruction) items drawn from Mandarin clips (default: every item "
+                             "draws from all clips, half of them Mandarin)")
     parser.add_argument("--invariance-form", choices=("relative", "log"), default="relative",
                         help="relative: mean relative squared difference; log: its logarithm (a small leak still costs)")
     parser.add_argument("--init-from", help="start from the weights of this organism folder instead of a random "
