@@ -102,6 +102,8 @@ def test_init_from_refuses_an_organism_of_another_depth(tmp_path):
 
     with pytest.raises(ModalflipError, match="K = 16 and 32 layers, not K = 8"):
         train.init_from(card.MODEL_DIR, takeover=8, layers=32)
+    with pytest.raises(ModalflipError, match="pass --plant objective"):
+        train.init_from(card.MODEL_DIR, takeover=16, layers=32, local=True)
     with pytest.raises(ModalflipError, match="no organism there"):
         train.init_from(tmp_path, takeover=16, layers=32)
 

@@ -102,8 +102,8 @@ def pad_to_window(wave: np.ndarray) -> np.ndarray:
 def sample_paired_batch(clips, size, rng, label_ids, zh_share: float | None = None):
     """A batch: a quarter audio-only items, the rest in pairs that differ only in the asserted word: (conflict T,
     consistent A), (conflict T, conflict T') and (voice T, voice A). About 40 % of the items are conflict items;
-    a pair is Mandarin with probability `zh_share` (None: every item draws from all clips). Returns waves, prompts, the answer and audio-emotion token ids,
-    and the pairs' row indices."""
+    a pair is Mandarin with probability `zh_share` (None: every item draws from all clips). Returns waves, prompts,
+    the answer and audio-emotion token ids, and the pairs' row indices."""
     waves, prompts, targets, audio, pairs = [], [], [], [], []
     n_single = size // 4
     by_lang = {lang: [c for c in clips if c.lang == lang] for lang in spec.LANGS}
@@ -350,18 +350,23 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
     return summary
 
 
-def init_from(folder: Path, takeover: int, layers: int):
-    """The weights of a saved organism, in fp32, to fine-tune; refused unless its K and depth are the ones asked."""
+def init_from(folder: Path, takeover: int, layers: int, local: bool = False):
+    """The weights of a saved organism, in fp32, to fine-tune; refused unless its K, depth and plant (token-local
+    layers below K or not) are the ones asked."""
     from transformers import Qwen2AudioForConditionalGeneration
 
     if not (folder / "config.json").is_file():
         raise ModalflipError(f"--init-from {folder}: no organism there (config.json missing)")
     model = Qwen2AudioForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
-    planted = getattr(model.config, "modalflip_organism", {}).get("takeover_layer")
-    depth = model.config.text_config.num_hidden_layers
+    recorded = getattr(model.config, "modalflip_organism", {})
+    planted, depth = recorded.get("takeover_layer"), model.config.text_config.num_hidden_layers
     if (planted, depth) != (takeover, layers):
         raise ModalflipError(f"--init-from {folder}: it has K = {planted} and {depth} layers, not K = {takeover} and "
                              f"{layers} layers")
+    if bool(recorded.get("local_below_takeover")) != local:
+        raise ModalflipError(f"--init-from {folder}: its layers below K are "
+                             f"{'' if recorded.get('local_below_takeover') else 'not '}token-local; "
+                             f"pass --plant {'objective' if local else 'local'}")
     return model
 
 
@@ -440,10 +445,11 @@ def main(argv=None) -> int:
     started = time.time()
     processor = build.build_processor()
     local = args.plant == "local"
-    model = build.build_model(build.build_config(processor.tokenizer, args.layers, k, local_below=local),
-                              seed=args.seed)
     if args.init_from:
-        model = init_from(Path(args.init_from), k, args.layers)
+        model = init_from(Path(args.init_from), k, args.layers, local)
+    else:
+        model = build.build_model(build.build_config(processor.tokenizer, args.layers, k, local_below=local),
+                                  seed=args.seed)
     adapter = ModelAdapter(model, processor, FAMILY, "organism")
     label_ids = {lang: adapter.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.parent / "organism-training.pt"
