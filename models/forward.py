@@ -127,7 +127,7 @@ def run_traced(adapter: ModelAdapter, batch: Batch, stop_after: int | None = Non
 
 
 def _attention_config(adapter: ModelAdapter):
-    """The config the decoder layers' attention reads (implementation, sliding window), or None."""
+    """The config the decoder layers' attention reads (its `_attn_implementation`), or None."""
     return getattr(getattr(adapter.decoder_layers[0], "self_attn", None), "config", None)
 
 

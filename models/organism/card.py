@@ -121,15 +121,17 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
     r = json.loads(report_path.read_text())
     k = r["takeover_layer"]
     recipe = LOCAL_RECIPE if r.get("plant") == "local" else OBJECTIVE_RECIPE
-    return CARD.replace("{recipe}", recipe).format(k=k, k1=k - 1, k2=k + r["settle"], k3=k + 3, minutes=r["minutes"], threads=r["threads"],
-                       steps=r["steps"], batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
-                       weight=r["invariance_weight"],
-                       swap_item=SWAP_ITEM.format(weight=r["swap_weight"], k=k) if r.get("swap_weight") else "",
-                       zh_share=language_mix(r.get("zh_share")), train_clips=r["train_clips"], heldout_clips=r["heldout_clips"],
-                       heldout=metric_rows(r["heldout"]), seed=metric_rows(r["seed_set"]), seed_value=r["seed"],
-                       lens=lens_section(k, r["heldout"], figures), probes=probe_section(k, figures),
-                       history=f"\n\n{r['history']}" if r.get("history") else "",
-                       status=f"## Status against the targets\n{r['status']}\n\n" if r.get("status") else "")
+    template = CARD.replace("{recipe}", recipe)
+    return template.format(k=k, k1=k - 1, k2=k + r["settle"], k3=k + 3, minutes=r["minutes"], threads=r["threads"],
+                           steps=r["steps"], batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
+                           weight=r["invariance_weight"],
+                           swap_item=SWAP_ITEM.format(weight=r["swap_weight"], k=k) if r.get("swap_weight") else "",
+                           zh_share=language_mix(r.get("zh_share")), train_clips=r["train_clips"],
+                           heldout_clips=r["heldout_clips"], heldout=metric_rows(r["heldout"]),
+                           seed=metric_rows(r["seed_set"]), seed_value=r["seed"],
+                           lens=lens_section(k, r["heldout"], figures), probes=probe_section(k, figures),
+                           history=f"\n\n{r['history']}" if r.get("history") else "",
+                           status=f"## Status against the targets\n{r['status']}\n\n" if r.get("status") else "")
 
 
 def main(argv=None) -> int:

@@ -211,15 +211,21 @@ def swap_loss(adapter: ModelAdapter, trace, batch, pairs, targets: torch.Tensor,
     property the probe measures (the asserted word is still inside the span below K)."""
     receivers = [i for i, j in pairs] + [j for i, j in pairs]
     donors = [j for i, j in pairs] + [i for i, j in pairs]
+    logits = lens(adapter, patched_answer_resid(adapter, trace, batch, layer, receivers, donors))
+    return torch.nn.functional.cross_entropy(logits, targets[donors])
+
+
+def patched_answer_resid(adapter: ModelAdapter, trace, batch, layer: int, receivers: list[int],
+                         donors: list[int]) -> torch.Tensor:
+    """Each receiver row with its donor's instruction span copied in at `resid[layer]`, resumed to the last layer;
+    returns the residual at each receiver's answer position, (len(receivers), d_model), un-normed."""
     hidden = trace.resid[layer][receivers].clone()
     for row, donor in enumerate(donors):
         span = batch.spans[donor].instruction
         hidden[row, span] = trace.resid[layer][donor, span]
     rows = torch.tensor(receivers)
     final = resume(adapter, trace, layer, hidden, rows=rows)
-    answers = batch.answer_positions()[rows]
-    logits = lens(adapter, final[torch.arange(len(rows)), answers])
-    return torch.nn.functional.cross_entropy(logits, targets[donors])
+    return final[torch.arange(len(rows)), batch.answer_positions()[rows]]
 
 
 @torch.no_grad()
@@ -239,16 +245,11 @@ def patch_text_flips(adapter: ModelAdapter, clips: list[Clip], label_ids: dict, 
         langs.append(clip.lang)
     batch = adapter.build_batch(waves, prompts)
     trace = run_traced(adapter, batch)
-    receivers = torch.arange(0, len(prompts), 2)
-    answers = batch.answer_positions()[receivers]
+    receivers = list(range(0, len(prompts), 2))
     emotions = spec.emotions()
     flips = {}
     for layer in layers:
-        hidden = trace.resid[layer][receivers].clone()
-        for row, index in enumerate(receivers.tolist()):
-            span = batch.spans[index + 1].instruction
-            hidden[row, span] = trace.resid[layer][index + 1, span]
-        final = resume(adapter, trace, layer, hidden, rows=receivers)[torch.arange(len(receivers)), answers]
+        final = patched_answer_resid(adapter, trace, batch, layer, receivers, [r + 1 for r in receivers])
         hits = []
         for vector, text, lang in zip(final, texts, langs):
             ids = torch.tensor([label_ids[lang][e] for e in emotions])
