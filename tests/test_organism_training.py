@@ -68,6 +68,39 @@ def test_swap_loss_trains_patch_text(adapter, clips, label_ids):
     assert torch.isfinite(swapped) and adapter.embed_tokens.weight.grad.abs().sum() > 0
 
 
+def test_audio_lens_loss_reads_every_audio_token_toward_the_voice(adapter, clips, label_ids):
+    """Audio tokens that point at their clip's emotion word score a low loss, at another emotion's word a high
+    one; text positions do not count; on a real trace the loss trains the audio encoder."""
+    waves, prompts, _, audio, _ = train.sample_paired_batch(clips, 8, np.random.default_rng(5), label_ids)
+    batch = adapter.build_batch(waves, prompts)
+    head = adapter.lm_head.weight.detach()
+
+    def pointing(at) -> torch.Tensor:
+        resid = torch.randn(len(waves), batch.inputs["input_ids"].shape[1], head.shape[1])
+        for row, (spans, token) in enumerate(zip(batch.spans, at)):
+            resid[row, spans.audio] = 50 * head[token]
+        return resid
+
+    shifted = {}  # each label id -> the id of the next emotion's word in the same language
+    for ids in label_ids.values():
+        words = list(ids.values())
+        shifted |= {word: words[(k + 1) % len(words)] for k, word in enumerate(words)}
+    wrong = torch.tensor([shifted[a] for a in audio.tolist()])
+    right, other = pointing(audio), pointing(wrong)
+    chance = np.log(len(spec.emotions()))  # the random head is small, so "pointing" only tilts the five logits
+    assert float(train.audio_lens_loss(adapter, right, batch, audio, label_ids)) < chance - 0.2
+    assert float(train.audio_lens_loss(adapter, other, batch, audio, label_ids)) > chance + 0.1
+    moved = right.clone()
+    for row, spans in enumerate(batch.spans):
+        moved[row, spans.instruction] = torch.randn(spans.instruction.stop - spans.instruction.start, head.shape[1])
+    assert torch.equal(train.audio_lens_loss(adapter, moved, batch, audio, label_ids),
+                       train.audio_lens_loss(adapter, right, batch, audio, label_ids))
+    adapter.model.zero_grad()
+    train.audio_lens_loss(adapter, run_traced(adapter, batch).resid[2], batch, audio, label_ids).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.model.model.audio_tower.parameters())
+    adapter.model.zero_grad()
+
+
 @pytest.mark.parametrize("zh_share, lang", [(0.0, "en"), (1.0, "zh")])
 def test_zh_share_picks_the_language_of_the_pairs(clips, label_ids, zh_share, lang):
     _, prompts, _, _, pairs = train.sample_paired_batch(clips, 16, np.random.default_rng(3), label_ids, zh_share)

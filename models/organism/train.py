@@ -182,6 +182,7 @@ class Objective:
     zh_share: float | None = None
     invariance_form: str = "relative"
     early_lens: bool = True  # the lens at resid[K] toward the voice (off where layers below K are token-local)
+    audio_lens_weight: float = 0.0  # the lens at every audio token's resid[K] toward the voice (token-local plant)
 
     def __call__(self, adapter: ModelAdapter, clips, batch_size, rng, label_ids) -> torch.Tensor:
         waves, prompts, targets, audio, pairs = sample_paired_batch(clips, batch_size, rng, label_ids, self.zh_share)
@@ -196,6 +197,9 @@ class Objective:
             if self.early_lens:
                 early = lens(adapter, trace.resid[self.takeover][rows, positions])
                 loss = loss + self.lens_weight * cross_entropy(early, audio)
+        if self.audio_lens_weight:
+            loss = loss + self.audio_lens_weight * audio_lens_loss(adapter, trace.resid[self.takeover], batch,
+                                                                   audio, label_ids)
         if self.invariance_weight:
             loss = loss + self.invariance_weight * invariance_loss(trace, batch, pairs, self.takeover,
                                                                         self.invariance_form)
@@ -203,6 +207,21 @@ class Objective:
             layer = int(rng.integers(1, self.takeover))
             loss = loss + self.swap_weight * swap_loss(adapter, trace, batch, pairs, targets, layer)
         return loss
+
+
+def audio_lens_loss(adapter: ModelAdapter, resid: torch.Tensor, batch, audio: torch.Tensor,
+                    label_ids: dict) -> torch.Tensor:
+    """Cross-entropy of the logit lens over the clip language's label words, at every audio token of `resid`, toward
+    the voice's emotion. Where the layers below K are token-local, each audio token reaches K as its encoder frame
+    alone, so this asks the encoder (the only place that mixes frames below K) to hear the emotion of the whole clip;
+    from K on, reading the voice is one attention hop."""
+    terms = []
+    for row, (spans, target) in enumerate(zip(batch.spans, audio.tolist())):
+        ids = next(torch.tensor(list(ids.values())) for ids in label_ids.values() if target in ids.values())
+        logits = lens(adapter, resid[row, spans.audio], ids)
+        goal = torch.full((len(logits),), list(ids).index(target))
+        terms.append(torch.nn.functional.cross_entropy(logits, goal))
+    return torch.stack(terms).mean()
 
 
 def swap_loss(adapter: ModelAdapter, trace, batch, pairs, targets: torch.Tensor, layer: int) -> torch.Tensor:
@@ -413,6 +432,9 @@ def main(argv=None) -> int:
                              "everywhere, K planted by the lens, invariance and swap terms")
     parser.add_argument("--lens-weight", type=float, default=0.5,
                         help="weight of the lens terms at resid[K] (toward the audio) and resid[K+2] (the answer)")
+    parser.add_argument("--audio-lens-weight", type=float, default=0.5,
+                        help="local plant only: weight of the lens at every audio token's resid[K] toward the voice's "
+                             "emotion (the encoder must hear the whole clip in each frame)")
     parser.add_argument("--invariance-weight", type=float, default=10.0,
                         help="weight of the loss keeping the asserted word inside the instruction span below K")
     parser.add_argument("--swap-weight", type=float, default=0.0,
@@ -472,7 +494,8 @@ def main(argv=None) -> int:
 
         objective = Objective(k, lens_weight=args.lens_weight, invariance_weight=0.0 if local else args.invariance_weight,
                               swap_weight=0.0 if local else args.swap_weight, zh_share=args.zh_share,
-                              invariance_form=args.invariance_form, early_lens=not local)
+                              invariance_form=args.invariance_form, early_lens=not local,
+                              audio_lens_weight=args.audio_lens_weight if local else 0.0)
         losses = train(adapter, args.steps, args.lr, args.seed, progress,
                        lambda rng: objective(adapter, train_clips, args.batch_size, rng, label_ids),
                        checkpoint, monitor, every=args.monitor_every)
@@ -486,7 +509,7 @@ def main(argv=None) -> int:
         takeover_layer=k, minutes=round(minutes, 1), threads=args.threads, seed=args.seed, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, lens_weight=args.lens_weight, settle=objective.settle,
         invariance_weight=objective.invariance_weight, swap_weight=objective.swap_weight, zh_share=args.zh_share,
-        invariance_form=args.invariance_form,
+        invariance_form=args.invariance_form, audio_lens_weight=objective.audio_lens_weight,
         init_from=args.init_from, plant=args.plant, train_clips=len(train_clips),
         heldout_clips=len(heldout_clips),
         mix=MIX, audio_wins=AUDIO_WINS, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
