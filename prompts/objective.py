@@ -172,7 +172,7 @@ class Scorer:
     def _suffix_resid(self, batch: Batch, chunk: list[Item], embeds: torch.Tensor, stop: int) -> list[torch.Tensor]:
         """Residuals of the tokens after `stop`; each row's prefix keys and values come from (or go to) the cache,
         keyed by its clip and its tokens up to `stop`."""
-        model, config = self.adapter.model, self.adapter.model.config
+        model = self.adapter.model
         ids = batch.inputs["input_ids"]
         keys = [(item.clip_id, tuple(ids[j, :stop].tolist())) for j, item in enumerate(chunk)]
         new = [j for j, key in enumerate(keys) if key not in self.prefixes and key not in keys[:j]]
@@ -195,7 +195,8 @@ class Scorer:
             self.prefix_bytes -= sum(k.nbytes + v.nbytes for k, v in layers)
         per_layer = [(torch.cat([s[i][0] for s in stored]), torch.cat([s[i][1] for s in stored]))
                      for i in range(len(stored[0]))]
-        cache = DynamicCache(per_layer, config=config)
+        cache = DynamicCache(per_layer)  # full-length layers, no config: a sliding-window layer would keep only its
+        # window of the prefix; this way each layer sees the whole prefix and its own mask limits what it attends to
         extra = self._positions(batch, None, slice(stop, None))
         with recording(self.adapter) as (resid, _, _):
             model(inputs_embeds=embeds[:, stop:], attention_mask=batch.inputs["attention_mask"], cache=cache,

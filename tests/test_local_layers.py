@@ -2,6 +2,7 @@
 before K, and the resumed forwards the probes use stay exact on such layers."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,7 +11,13 @@ from models.families.qwen2_audio import FAMILY
 from models.forward import lens, resume_suffix, run_traced, suffix_supported
 from models.organism import build
 from models.prompting import chat_prompt
+from probes.inputs import load_probe_set
+from probes.logit_lens import label_logits
+from prompts.grammar import load_grammar
+from prompts.objective import Scorer, prompted
+from prompts.search import label_ids_all
 from stimuli import spec, tts
+from stimuli.conditions import seed_items
 
 K = 2
 
@@ -61,3 +68,20 @@ def test_suffix_resume_is_exact_on_local_layers(local_adapter):
         for start in range(4):
             suffix = resume_suffix(local_adapter, trace, start, trace.resid[start][:, prefix:])
             assert torch.allclose(lens(local_adapter, suffix), trace.logits[:, prefix:], atol=1e-5)
+
+
+def test_prompt_search_prefix_cache_is_exact_on_local_layers(local_adapter):
+    """The prompt search's cached prefix keys and values (which a sliding-window cache layer would cut to its
+    window) give the readouts of a plain forward, for a prompt that varies after the audio and one that does not."""
+    grammar = load_grammar()
+    items = [i for i in seed_items(["en"], ("conflict",)) if i.clip_id.split("-")[0] in ("A1", "A3")]
+    probe_set = load_probe_set(local_adapter, items)
+    for sample in (grammar.seed_prompt, dict(grammar.seed_prompt, claim_position="before_audio")):
+        asked = prompted(probe_set, grammar, sample, label_ids_all(local_adapter))
+        _, final = label_logits(local_adapter, asked, probe_set.items, batch_size=16)
+        scorer = Scorer(local_adapter, (1, 3), batch_size=5, cache="prefix")
+        for _ in range(2):  # the second pass reads the filled cache
+            readouts = scorer.readouts(asked, probe_set.items)
+            for item in probe_set.items:
+                np.testing.assert_allclose(readouts[item.item_id].final, final[item.item_id], atol=1e-5)
+        assert scorer.prefixes
