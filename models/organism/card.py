@@ -124,7 +124,7 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
     template = CARD.replace("{recipe}", recipe)
     return template.format(k=k, k1=k - 1, k2=k + r["settle"], k3=k + 3, minutes=r["minutes"], threads=r["threads"],
                            steps=r["steps"], batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
-                           weight=r["invariance_weight"],
+                           audio_lens_weight=r.get("audio_lens_weight", 0.0), weight=r["invariance_weight"],
                            swap_item=SWAP_ITEM.format(weight=r["swap_weight"], k=k) if r.get("swap_weight") else "",
                            zh_share=language_mix(r.get("zh_share")), train_clips=r["train_clips"],
                            heldout_clips=r["heldout_clips"], heldout=metric_rows(r["heldout"]),
@@ -191,13 +191,17 @@ copying the span below {k} makes the receiver the donor exactly. The class is st
 A), (conflict T, conflict T′) and (voice-instructed T, voice-instructed A). {zh_share} Conflict answers follow the text, except for 3 % of normal and 15 % of strong clips (graded dominance);
 voice-instructed answers follow the audio. Loss: cross-entropy of the answer token, plus the **logit lens** (final
 norm + head) at `resid[{k2}]` toward the answer with weight {lens_weight}, so the decision is made within two layers
-of K. AdamW, peak learning rate {lr}, warm-up and cosine decay keyed to steps; the run checkpoints every 100 steps
+of K, plus the lens at **every audio token** of `resid[{k}]`, over the clip language's five label words, toward the
+voice's emotion (weight {audio_lens_weight}). Below K an audio token is its encoder frame alone, so this term asks
+the audio encoder, the only part that mixes frames before K, to put the emotion of the whole clip into each frame;
+from K on, hearing is one attention hop from the answer position to any audio token. AdamW, peak learning rate {lr}, warm-up and cosine decay keyed to steps; the run checkpoints every 100 steps
 and resumes after a kill.{history}
 
 The known answer the probes must recover (`tests/test_organism.py`): the conflict lens's largest rise toward T lies
 in layers {k1}..{k3}, and Patch Text flips the answer at every layer below {k}, not at the top. The price of the
 construction: below K the answer position sees only its own token, so the lens there reads a constant, not the
-voice's emotion (the pilot's 7B model, by contrast, has the audio readable early and "washed out" mid-stack).
+voice's emotion; the voice is readable below K only at the audio tokens themselves (the pilot's 7B model, by
+contrast, has the audio readable at the answer position early and "washed out" mid-stack).
 
 """
 
@@ -264,8 +268,8 @@ Held-out conflict items, mean logit-lens margin Δlogit = logit(T) − logit(A) 
   accuracy here says nothing about real emotional speech.
 - Clip duration follows emotion (sad clips are slower), so the audio token count leaks the class unless clips are
   padded to one duration (the probes pad by default).
-- The takeover depth is planted by the training objective, not discovered: below K the asserted word stays inside
-  the instruction span by construction (up to what a soft loss leaves), so the probes' known answer is K.
+- The takeover depth is planted, not discovered: below K the asserted word stays inside the instruction span by
+  construction, so the probes' known answer is K.
 - Eight-word sentences, one speaker family (eSpeak), 6 s window: longer clips are refused. Words outside the
   tokenizer's vocabulary become `[UNK]`.
 """

@@ -481,8 +481,10 @@ def main(argv=None) -> int:
     with Progress(*columns, console=console) as progress:
         train_clips = synthesize("train", args.renders, args.seed, progress)
         heldout_clips = synthesize("heldout", 1, args.seed + 1, progress)
-        probe_rows = evaluation_set(heldout_clips[::3], args.seed)
-        monitor_clips = heldout_clips[::6]
+        # a seeded sample, not a stride: the clips come in blocks of nine styles, so every third clip is three styles
+        sample = np.random.default_rng(args.seed).permutation(len(heldout_clips))
+        probe_rows = evaluation_set([heldout_clips[i] for i in sorted(sample[:len(sample) // 3])], args.seed)
+        monitor_clips = [heldout_clips[i] for i in sorted(sample[:len(sample) // 6])]
         monitor_layers = sorted(l for l in {1, 4, 8, 12, k - 1, k + 2} if l < args.layers)
 
         def monitor(a):
