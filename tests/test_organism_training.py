@@ -135,8 +135,8 @@ def test_init_from_refuses_an_organism_of_another_depth(tmp_path):
 
     with pytest.raises(ModalflipError, match="K = 16 and 32 layers, not K = 8"):
         train.init_from(card.MODEL_DIR, takeover=8, layers=32)
-    with pytest.raises(ModalflipError, match="pass --plant objective"):
-        train.init_from(card.MODEL_DIR, takeover=16, layers=32, local=True)
+    with pytest.raises(ModalflipError, match="pass --plant local"):
+        train.init_from(card.MODEL_DIR, takeover=16, layers=32, local=False)
     with pytest.raises(ModalflipError, match="no organism there"):
         train.init_from(tmp_path, takeover=16, layers=32)
 
@@ -144,6 +144,6 @@ def test_init_from_refuses_an_organism_of_another_depth(tmp_path):
 def test_init_from_starts_from_the_shipped_weights_in_fp32(organism):
     from models.organism import card
 
-    model = train.init_from(card.MODEL_DIR, takeover=16, layers=32)
+    model = train.init_from(card.MODEL_DIR, takeover=16, layers=32, local=True)
     shipped = dict(organism.model.named_parameters())
     assert all(p.dtype == torch.float32 and torch.equal(p, shipped[name]) for name, p in model.named_parameters())

@@ -5,9 +5,10 @@ Recipe (a planted takeover depth K; the model card says why and what failed befo
    languages); held-out sentences with a held-out voice for evaluation.
 2. Train the 32-layer model end to end on the instruction mix: audio-only, consistent, conflict (text wins, except
    3% of normal and 15% of strong clips) and voice-instructed items, in pairs that differ only in the asserted word.
-3. The objective plants K: besides the answer's cross-entropy, the logit lens at resid[K] must read the voice's
-   emotion and at resid[K+2] the answer, and the pairs must be identical after the instruction in resid[1..K]
-   (the asserted word cannot reach the answer position before decoder layer K).
+3. Plant K. `--plant local` (default): decoder layers below K are sliding-window layers of window 1, so nothing
+   crosses tokens before K; the loss adds the logit lens at resid[K+2] toward the answer and at every audio token of
+   resid[K] toward the voice. `--plant objective`: full attention everywhere; the lens at resid[K] must read the
+   voice and at resid[K+2] the answer, and the pairs must be identical after the instruction in resid[1..K].
 Seeded; the learning-rate schedule follows steps, not wall time; checkpoints every 100 steps and resumes.
 """
 from __future__ import annotations
@@ -422,13 +423,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "model"), help="model folder to write")
     parser.add_argument("--takeover-layer", type=int, default=16, help="K: the text reaches the answer from here")
     parser.add_argument("--layers", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate")
-    parser.add_argument("--plant", choices=("local", "objective"), default="objective",
+    parser.add_argument("--plant", choices=("local", "objective"), default="local",
                         help="how K is planted. local: decoder layers below K attend to their own token only "
                              "(sliding window 1 in the config), so nothing moves between tokens before K; the loss is "
-                             "the answer's cross-entropy and the lens at resid[K+2]. objective: full attention "
+                             "the answer's cross-entropy, the lens at resid[K+2] and the audio-token lens at resid[K]. "
+                             "objective: full attention "
                              "everywhere, K planted by the lens, invariance and swap terms")
     parser.add_argument("--lens-weight", type=float, default=0.5,
                         help="weight of the lens terms at resid[K] (toward the audio) and resid[K+2] (the answer)")
