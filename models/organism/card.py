@@ -191,14 +191,15 @@ copying the span below {k} makes the receiver the donor exactly. The class is st
 
 **Data and loss.** Everything trains end to end from a random start. A batch of {batch}: a quarter audio-only items
 (answer = the voice's emotion A); the rest in pairs that differ only in the asserted word: (conflict T, consistent
-A), (conflict T, conflict T′) and (voice-instructed T, voice-instructed A). {zh_share} Conflict answers follow the text, except for 3 % of normal and 15 % of strong clips (graded dominance);
+A), (conflict T, conflict T′) and (voice-instructed T, voice-instructed A). {zh_share}
+Conflict answers follow the text, except for 3 % of normal and 15 % of strong clips (graded dominance);
 voice-instructed answers follow the audio. Loss: cross-entropy of the answer token, plus the **logit lens** (final
 norm + head) at `resid[{k2}]` toward the answer with weight {lens_weight}, so the decision is made within two layers
 of K, plus the lens at **every audio token** of `resid[{k}]`, over the clip language's five label words, toward the
 voice's emotion (weight {audio_lens_weight}). Below K an audio token is its encoder frame alone, so this term asks
 the audio encoder, the only part that mixes frames before K, to put the emotion of the whole clip into each frame;
-from K on, hearing is one attention hop from the answer position to any audio token. AdamW, peak learning rate {lr}, warm-up and cosine decay keyed to steps; the run checkpoints every 100 steps
-and resumes after a kill.{history}
+from K on, hearing is one attention hop from the answer position to any audio token. AdamW, peak learning rate
+{lr}, warm-up and cosine decay keyed to steps; the run checkpoints every 100 steps and resumes after a kill.{history}
 
 The known answer the probes must recover (`tests/test_organism.py`): the conflict lens's largest rise toward T lies
 in layers {k1}..{k3}, and Patch Text flips the answer at every layer below {k}, not at the top. The price of the

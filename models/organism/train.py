@@ -218,9 +218,9 @@ def audio_lens_loss(adapter: ModelAdapter, resid: torch.Tensor, batch, audio: to
     from K on, reading the voice is one attention hop."""
     terms = []
     for row, (spans, target) in enumerate(zip(batch.spans, audio.tolist())):
-        ids = next(torch.tensor(list(ids.values())) for ids in label_ids.values() if target in ids.values())
-        logits = lens(adapter, resid[row, spans.audio], ids)
-        goal = torch.full((len(logits),), list(ids).index(target))
+        words = next(list(ids.values()) for ids in label_ids.values() if target in ids.values())  # the clip's language
+        logits = lens(adapter, resid[row, spans.audio], torch.tensor(words))
+        goal = torch.full((len(logits),), words.index(target))
         terms.append(torch.nn.functional.cross_entropy(logits, goal))
     return torch.stack(terms).mean()
 
@@ -430,8 +430,7 @@ def main(argv=None) -> int:
                         help="how K is planted. local: decoder layers below K attend to their own token only "
                              "(sliding window 1 in the config), so nothing moves between tokens before K; the loss is "
                              "the answer's cross-entropy, the lens at resid[K+2] and the audio-token lens at resid[K]. "
-                             "objective: full attention "
-                             "everywhere, K planted by the lens, invariance and swap terms")
+                             "objective: full attention everywhere, K planted by the lens, invariance and swap terms")
     parser.add_argument("--lens-weight", type=float, default=0.5,
                         help="weight of the lens terms at resid[K] (toward the audio) and resid[K+2] (the answer)")
     parser.add_argument("--audio-lens-weight", type=float, default=0.5,
