@@ -79,15 +79,16 @@ def build_processor() -> Qwen2AudioProcessor:
 
 
 def build_config(tokenizer: PreTrainedTokenizerFast, n_layers: int, takeover_layer: int,
-                 local_below: bool = False) -> Qwen2AudioConfig:
-    """32 decoder layers of width 128 (MLP 256, 4 heads, 2 KV heads); a 2-layer encoder of width 128, 6 s window.
+                 local_below: bool = False, encoder_layers: int = 2) -> Qwen2AudioConfig:
+    """32 decoder layers of width 128 (MLP 256, 4 heads, 2 KV heads); an encoder of width 128 (2 layers unless
+    `encoder_layers` says otherwise), 6 s window.
     With `local_below`, decoder layers below `takeover_layer` are sliding-window layers of window 1 (each token
     attends to itself only), so no information moves between tokens before the takeover layer."""
     local = dict(use_sliding_window=True, sliding_window=1, max_window_layers=0,
                  layer_types=["sliding_attention"] * takeover_layer + ["full_attention"] * (n_layers - takeover_layer))
     config = Qwen2AudioConfig(
-        audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=256,
-                          d_model=128, max_source_positions=WINDOW_SECONDS * 50),
+        audio_config=dict(num_mel_bins=128, encoder_layers=encoder_layers, encoder_attention_heads=4,
+                          encoder_ffn_dim=256, d_model=128, max_source_positions=WINDOW_SECONDS * 50),
         text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
                          num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=False,

@@ -125,7 +125,8 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
     minutes = f"{r['minutes']} minutes"
     if "minutes_all_segments" in r:  # a resumed run: `minutes` is its last segment only
         minutes = f"{r['minutes_all_segments']} minutes of wall time in all, the last segment {r['minutes']}"
-    return template.format(k=k, k1=k - 1, k2=k + r["settle"], k3=k + 3, minutes=minutes, threads=r["threads"],
+    config = json.loads((model_dir / "config.json").read_text())
+    return template.format(k=k, encoder_layers=config["audio_config"]["encoder_layers"], k1=k - 1, k2=k + r["settle"], k3=k + 3, minutes=minutes, threads=r["threads"],
                            steps=r["steps"], batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
                            audio_lens_weight=r.get("audio_lens_weight", 0.0), weight=r["invariance_weight"],
                            swap_item=SWAP_ITEM.format(weight=r["swap_weight"], k=k) if r.get("swap_weight") else "",
@@ -223,7 +224,7 @@ answer to recover.
 - Language model: 32 Qwen2 decoder layers (like Qwen2-Audio-7B, so `--target-layer 15` and "layers 5–20" mean the
   same), hidden 128, MLP 256, 4 heads / 2 KV heads; word-level tokenizer (Chinese label words kept whole, other
   Chinese text split into characters), which also covers the words of the prompt-search grammar.
-- Audio: Whisper-style encoder, 2 layers of width 128, 128 mel bins, a **6 s** window (`max_source_positions` 300,
+- Audio: Whisper-style encoder, {encoder_layers} layers of width 128, 128 mel bins, a **6 s** window (`max_source_positions` 300,
   feature extractor `chunk_length` 6): 150 audio tokens for a full window, 25 per second.
 - Weights stored in fp16 (about 10 MB); they load in fp32 on CPU. `config.json` records
   `modalflip_organism.takeover_layer` = {k}.
