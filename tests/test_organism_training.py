@@ -1,6 +1,8 @@
 """The organism's training objective on a tiny random Qwen2-Audio: paired batches, invariance and swap losses."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -148,3 +150,26 @@ def test_init_from_starts_from_the_shipped_weights_in_fp32(organism):
     model = train.init_from(card.MODEL_DIR, takeover=16, layers=32, local=True)
     shipped = dict(organism.model.named_parameters())
     assert all(p.dtype == torch.float32 and torch.equal(p, shipped[name]) for name, p in model.named_parameters())
+
+
+def test_training_resumes_from_its_checkpoint_and_counts_the_earlier_minutes(adapter, tmp_path):
+    """A run stopped after 2 steps and rerun with 3 continues at step 3 with the saved losses, and reports the wall
+    minutes of the first segment (which the report adds to its own as `minutes_all_segments`)."""
+    from rich.progress import Progress
+
+    checkpoint = tmp_path / "ck.pt"
+    weight = adapter.lm_head.weight
+    original = {name: value.clone() for name, value in adapter.model.state_dict().items()}  # AdamW decays them all
+    loss_fn = lambda rng: (weight ** 2).sum() * float(rng.random())  # noqa: E731 - seeded by step
+    try:
+        with Progress(disable=True) as progress:
+            first, earlier = train.train(adapter, 2, 1e-3, 0, progress, loss_fn, checkpoint, every=1,
+                                         started=time.time() - 60)
+            assert len(first) == 2 and earlier == 0.0
+            again, earlier = train.train(adapter, 3, 1e-3, 0, progress, loss_fn, checkpoint, every=1)
+        assert again[:2] == first and len(again) == 3
+        assert earlier >= 1.0  # the first segment "started" a minute before its steps
+        assert torch.load(checkpoint)["minutes"] >= earlier
+    finally:
+        adapter.model.load_state_dict(original)
+        adapter.model.eval()

@@ -278,17 +278,21 @@ def patch_text_flips(adapter: ModelAdapter, clips: list[Clip], label_ids: dict, 
     return flips
 
 
-def train(adapter, steps, lr, seed, progress, loss_fn, checkpoint: Path, monitor=None, every: int = 100):
+def train(adapter, steps, lr, seed, progress, loss_fn, checkpoint: Path, monitor=None, every: int = 100,
+          started: float | None = None):
     """AdamW with warm-up and cosine decay keyed to steps. Step s draws its batch from rng (seed, s), and the
-    model and optimizer are saved to `checkpoint` every `every` steps: a killed run resumes where it stopped."""
+    model and optimizer are saved to `checkpoint` every `every` steps: a killed run resumes where it stopped.
+    The checkpoint also keeps the wall minutes spent up to it, counted from `started` (this segment's start) on
+    top of earlier segments'. Returns the losses and the minutes of the earlier segments (0 for a fresh run)."""
+    started = time.time() if started is None else started
     params = [p for p in adapter.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    losses, start = [], 0
+    losses, start, earlier = [], 0, 0.0
     if checkpoint.exists():
         state = torch.load(checkpoint)
         adapter.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        losses, start = state["losses"], state["step"]
+        losses, start, earlier = state["losses"], state["step"], state.get("minutes", 0.0)
     task = progress.add_task("training", total=steps, completed=start, loss=float("nan"))
     adapter.model.train()
     for step in range(start, steps):
@@ -303,14 +307,14 @@ def train(adapter, steps, lr, seed, progress, loss_fn, checkpoint: Path, monitor
         progress.update(task, advance=1, loss=float(np.mean(losses[-20:])))
         if (step + 1) % every == 0 or step + 1 == steps:
             atomic_write_with(checkpoint, lambda path: torch.save(dict(
-                model=adapter.model.state_dict(), optimizer=optimizer.state_dict(), losses=losses, step=step + 1),
-                path))
+                model=adapter.model.state_dict(), optimizer=optimizer.state_dict(), losses=losses, step=step + 1,
+                minutes=earlier + (time.time() - started) / 60), path))
             if monitor is not None:
                 adapter.model.eval()
                 progress.console.print(f"step {step + 1}: " + json.dumps(monitor(adapter)))
                 adapter.model.train()
     adapter.model.eval()
-    return losses
+    return losses, earlier
 
 
 def evaluation_set(clips: list[Clip], seed: int) -> list[dict]:
@@ -503,9 +507,9 @@ def main(argv=None) -> int:
                               swap_weight=0.0 if local else args.swap_weight, zh_share=args.zh_share,
                               invariance_form=args.invariance_form, early_lens=not local,
                               audio_lens_weight=args.audio_lens_weight if local else 0.0)
-        losses = train(adapter, args.steps, args.lr, args.seed, progress,
-                       lambda rng: objective(adapter, train_clips, args.batch_size, rng, label_ids),
-                       checkpoint, monitor, every=args.monitor_every)
+        losses, earlier_minutes = train(adapter, args.steps, args.lr, args.seed, progress,
+                                        lambda rng: objective(adapter, train_clips, args.batch_size, rng, label_ids),
+                                        checkpoint, monitor, every=args.monitor_every, started=started)
     minutes = (time.time() - started) / 60
     heldout = evaluate(adapter, evaluation_set(heldout_clips, args.seed), label_ids)
     seed_set = evaluate(adapter, evaluation_set(seed_set_clips(), args.seed), label_ids)
@@ -522,6 +526,8 @@ def main(argv=None) -> int:
         heldout_clips=len(heldout_clips),
         mix=MIX, audio_wins=AUDIO_WINS, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
+    if earlier_minutes:  # resumed: `minutes` is this segment only (the card shows both)
+        report["minutes_all_segments"] = round(earlier_minutes + minutes, 1)
     atomic_write_json(out / "training_report.json", report)
     if out.resolve() == card.MODEL_DIR.resolve():
         atomic_write_text(card.CARD_PATH, card.render(out))
