@@ -91,13 +91,26 @@ def snr_db(clean: np.ndarray, delta: np.ndarray) -> float | None:
     return 10 * math.log10(float(np.sum(np.square(clean, dtype=np.float64))) / noise)
 
 
+def wideband_pesq(clean: np.ndarray, adversarial: np.ndarray, sr: int) -> tuple[float | None, str | None]:
+    """(score, None), or (None, why not): PESQ refuses short or speechless clips, and the pesq package ships no
+    wheels, so where it could not be built the other measures still stand."""
+    try:
+        from pesq import PesqError, pesq
+    except ImportError:
+        return None, "PESQ: the pesq package is not installed (it builds from source: pip install pesq)"
+    try:
+        return float(pesq(sr, clean, adversarial, "wb")), None
+    except PesqError as err:
+        message = err.args[0].decode() if err.args and isinstance(err.args[0], bytes) else str(err)
+        return None, f"PESQ: {message}"
+
+
 def perceptual(clean: np.ndarray, adversarial: np.ndarray, sr: int = 16000) -> Perceptual:
     """SNR, L∞, L2, STOI and wideband PESQ of `adversarial` against `clean` (same length, mono, `sr` Hz).
 
     PESQ refuses clips shorter than 0.25 s or without speech, and STOI needs a few hundred ms of non-silent frames;
     then the score is None and `note` says why.
     """
-    from pesq import PesqError, pesq
     from pystoi import stoi
 
     clean = np.asarray(clean, dtype=np.float64)
@@ -110,12 +123,9 @@ def perceptual(clean: np.ndarray, adversarial: np.ndarray, sr: int = 16000) -> P
     if any("STFT frames" in str(w.message) for w in caught):
         stoi_score = None
         notes.append("STOI: clip too short or silent for its analysis frames")
-    try:
-        pesq_score: float | None = float(pesq(sr, clean, adversarial, "wb"))
-    except PesqError as err:
-        pesq_score = None
-        message = err.args[0].decode() if err.args and isinstance(err.args[0], bytes) else str(err)
-        notes.append(f"PESQ: {message}")
+    pesq_score, pesq_note = wideband_pesq(clean, adversarial, sr)
+    if pesq_note:
+        notes.append(pesq_note)
     return Perceptual(snr_db=snr_db(clean, delta), linf=float(np.max(np.abs(delta))),
                       l2=float(np.linalg.norm(delta)), stoi=stoi_score, pesq_wb=pesq_score,
                       note="; ".join(notes) or None)

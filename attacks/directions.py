@@ -83,7 +83,9 @@ class Directions:
 
     def project(self, pos: str, layer: int, resid: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Projection of resid (n, d_model) at `layer` on the direction of emotion rows[i] (indices into
-        `emotions`), in class gaps from the centre; returns (n,), 0 where the classes do not separate (`flat`)."""
+        `emotions`), in class gaps from the centre; returns (n,), 0 where the classes do not separate (`flat`).
+        The class means stay where they were computed (the CPU); resid and rows may live on any device."""
+        rows = rows.to(self.unit[pos].device)
         unit = self.unit[pos][rows, layer].to(resid)  # (n, d)
         centre = self.centre[pos][layer].to(resid)
         projection = ((resid - centre) * unit).sum(-1) / self.gap[pos][rows, layer].to(resid)
@@ -94,7 +96,7 @@ class Directions:
         """The linear probe: index of the nearest present class mean to each row of resid (n, d_model); (n,)."""
         means = self.means[pos][:, layer].to(resid)  # (n_emotions, d)
         scores = resid @ means.T - 0.5 * (means * means).sum(-1)
-        scores[:, ~self.present] = float("-inf")
+        scores[:, ~self.present.to(scores.device)] = float("-inf")
         return scores.argmax(-1)
 
 

@@ -126,7 +126,10 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
     if "minutes_all_segments" in r:  # a resumed run: `minutes` is its last segment only
         minutes = f"{r['minutes_all_segments']} minutes of wall time in all, the last segment {r['minutes']}"
     config = json.loads((model_dir / "config.json").read_text())
-    return template.format(k=k, encoder_layers=config["audio_config"]["encoder_layers"], k1=k - 1, k2=k + r["settle"], k3=k + 3, minutes=minutes, threads=r["threads"],
+    device = r.get("device", "cpu")  # reports before the --device option were all written on the CPU
+    machine = (f"on this project's 2-core machine, {r['threads']} CPU threads" if device == "cpu"
+               else f"on a GPU ({device}); the CPU gives other weights from the same seed")
+    return template.format(machine=machine, k=k, encoder_layers=config["audio_config"]["encoder_layers"], k1=k - 1, k2=k + r["settle"], k3=k + 3, minutes=minutes,
                            steps=r["steps"], batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
                            audio_lens_weight=r.get("audio_lens_weight", 0.0), weight=r["invariance_weight"],
                            swap_item=SWAP_ITEM.format(weight=r["swap_weight"], k=k) if r.get("swap_weight") else "",
@@ -156,8 +159,8 @@ consistent receiver at layer l:
 
 
 OBJECTIVE_RECIPE = """## Training: a planted takeover depth K = {k}
-`python -m models.organism.train --takeover-layer {k}` (seed {seed_value}, {threads} CPU threads, {steps} steps,
-**{minutes}** on this project's 2-core machine). Everything trains end to end from a random start. A batch of
+`python -m models.organism.train --takeover-layer {k}` (seed {seed_value}, {steps} steps, **{minutes}**
+{machine}). Everything trains end to end from a random start. A batch of
 {batch}: a quarter audio-only items (answer = the voice's emotion A); the rest in pairs that differ only in the
 asserted word: (conflict T, consistent A), (conflict T, conflict T′) and (voice-instructed T, voice-instructed A).
 Conflict answers follow the text, except for 3 % of normal and 15 % of strong clips (graded dominance);
@@ -178,8 +181,8 @@ in layers {k1}..{k3}, and Patch Text flips the answer at every layer below {k}, 
 
 
 LOCAL_RECIPE = """## Training: a planted takeover depth K = {k}
-`python -m models.organism.train --plant local --takeover-layer {k}` (seed {seed_value}, {threads} CPU threads,
-{steps} steps, **{minutes}** on this project's 2-core machine).
+`python -m models.organism.train --plant local --takeover-layer {k}` (seed {seed_value}, {steps} steps,
+**{minutes}** {machine}).
 
 **How K is planted.** Decoder layers 0..{k1} are sliding-window attention layers of window 1
 (`text_config.layer_types` and `sliding_window` = 1 in `config.json`): each token attends only to itself, so no

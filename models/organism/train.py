@@ -32,6 +32,7 @@ from common.errors import ModalflipError
 from models.adapter import ModelAdapter
 from models.families.qwen2_audio import FAMILY
 from models.forward import lens, resume, run_traced
+from models.loading import resolve_device
 from models.organism import build, card
 from models.prompting import chat_prompt, claim_word
 from stimuli import spec, tts
@@ -189,7 +190,8 @@ class Objective:
         waves, prompts, targets, audio, pairs = sample_paired_batch(clips, batch_size, rng, label_ids, self.zh_share)
         batch = adapter.build_batch(waves, prompts)
         trace = run_traced(adapter, batch)
-        rows, positions = torch.arange(len(prompts)), batch.answer_positions()
+        targets, audio = targets.to(adapter.device), audio.to(adapter.device)
+        rows, positions = torch.arange(len(prompts), device=adapter.device), batch.answer_positions()
         cross_entropy = torch.nn.functional.cross_entropy
         loss = cross_entropy(trace.logits[rows, positions], targets)
         if self.lens_weight:
@@ -219,8 +221,8 @@ def audio_lens_loss(adapter: ModelAdapter, resid: torch.Tensor, batch, audio: to
     terms = []
     for row, (spans, target) in enumerate(zip(batch.spans, audio.tolist())):
         words = next(list(ids.values()) for ids in label_ids.values() if target in ids.values())  # the clip's language
-        logits = lens(adapter, resid[row, spans.audio], torch.tensor(words))
-        goal = torch.full((len(logits),), words.index(target))
+        logits = lens(adapter, resid[row, spans.audio], torch.tensor(words, device=resid.device))
+        goal = torch.full((len(logits),), words.index(target), device=resid.device)
         terms.append(torch.nn.functional.cross_entropy(logits, goal))
     return torch.stack(terms).mean()
 
@@ -243,9 +245,9 @@ def patched_answer_resid(adapter: ModelAdapter, trace, batch, layer: int, receiv
     for row, donor in enumerate(donors):
         span = batch.spans[donor].instruction
         hidden[row, span] = trace.resid[layer][donor, span]
-    rows = torch.tensor(receivers)
+    rows = torch.tensor(receivers, device=hidden.device)
     final = resume(adapter, trace, layer, hidden, rows=rows)
-    return final[torch.arange(len(rows)), batch.answer_positions()[rows]]
+    return final[torch.arange(len(rows), device=hidden.device), batch.answer_positions()[rows]]
 
 
 @torch.no_grad()
@@ -272,7 +274,7 @@ def patch_text_flips(adapter: ModelAdapter, clips: list[Clip], label_ids: dict, 
         final = patched_answer_resid(adapter, trace, batch, layer, receivers, [r + 1 for r in receivers])
         hits = []
         for vector, text, lang in zip(final, texts, langs):
-            ids = torch.tensor([label_ids[lang][e] for e in emotions])
+            ids = torch.tensor([label_ids[lang][e] for e in emotions], device=vector.device)
             hits.append(emotions[int(lens(adapter, vector, ids).argmax())] == text)
         flips[layer] = round(float(np.mean(hits)), 3)
     return flips
@@ -288,8 +290,8 @@ def train(adapter, steps, lr, seed, progress, loss_fn, checkpoint: Path, monitor
     params = [p for p in adapter.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     losses, start, earlier = [], 0, 0.0
-    if checkpoint.exists():
-        state = torch.load(checkpoint)
+    if checkpoint.exists():  # written on any device, resumed on this one
+        state = torch.load(checkpoint, map_location=adapter.device)
         adapter.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         losses, start, earlier = state["losses"], state["step"], state.get("minutes", 0.0)
@@ -339,7 +341,7 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
         chunk = rows[start:start + batch_size]
         batch = adapter.build_batch([r["clip"].wave for r in chunk], [r["prompt"] for r in chunk])
         trace = run_traced(adapter, batch)
-        at_answer = torch.arange(len(chunk)), batch.answer_positions()
+        at_answer = torch.arange(len(chunk), device=adapter.device), batch.answer_positions()
         logits = trace.logits[at_answer]
         resid_at_answer = torch.stack([r[at_answer] for r in trace.resid], dim=1)  # (chunk, layers + 1, d_model)
         for index, (row, vector) in enumerate(zip(chunk, logits)):
@@ -350,7 +352,7 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
             outcome = dict(intensity=clip.intensity, lang=clip.lang, audio=clip.emotion, text=row["text"], answer=answer,
                            margin=float(vector[ids[row["text"]]] - vector[ids[clip.emotion]]) if row["text"] else 0.0)
             if row["condition"] == "conflict":
-                pair = torch.tensor([ids[row["text"]], ids[clip.emotion]])
+                pair = torch.tensor([ids[row["text"]], ids[clip.emotion]], device=adapter.device)
                 readings = lens(adapter, resid_at_answer[index], pair)
                 outcome["lens"] = (readings[:, 0] - readings[:, 1]).tolist()
             results[row["condition"]].append(outcome)
@@ -457,6 +459,9 @@ def main(argv=None) -> int:
     parser.add_argument("--monitor-every", type=int, default=100, help="checkpoint and monitor every N steps")
     parser.add_argument("--renders", type=int, default=3, help="renders per training sentence and style")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto",
+                        help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ... The shipped weights were trained "
+                             "on the CPU; another device gives other weights from the same seed (the report records it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", help="resume file (default: OUT/../organism-training.pt)")
     parser.add_argument("--evaluate-only", action="store_true",
@@ -473,6 +478,7 @@ def main(argv=None) -> int:
     if not 1 <= k <= args.layers - 3:
         raise ModalflipError(f"--takeover-layer must lie in 1..{args.layers - 3}, got {k}")
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     started = time.time()
     processor = build.build_processor()
     local = args.plant == "local"
@@ -482,6 +488,7 @@ def main(argv=None) -> int:
         model = build.build_model(build.build_config(processor.tokenizer, args.layers, k, local_below=local,
                                                    encoder_layers=args.encoder_layers),
                                   seed=args.seed)
+    model.to(device)
     adapter = ModelAdapter(model, processor, FAMILY, "organism")
     label_ids = {lang: adapter.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.parent / "organism-training.pt"
@@ -517,7 +524,7 @@ def main(argv=None) -> int:
     model.to(torch.float16).save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     report = dict(
-        takeover_layer=k, minutes=round(minutes, 1), threads=args.threads, seed=args.seed, steps=args.steps,
+        takeover_layer=k, minutes=round(minutes, 1), threads=args.threads, device=str(device), seed=args.seed, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, lens_weight=args.lens_weight, settle=objective.settle,
         invariance_weight=objective.invariance_weight, swap_weight=objective.swap_weight, zh_share=args.zh_share,
         invariance_form=args.invariance_form, audio_lens_weight=objective.audio_lens_weight,
