@@ -55,12 +55,18 @@ def label_logits(adapter: ModelAdapter, probe_set: ProbeSet, items: list[Item], 
         batch = adapter.build_batch([probe_set.wave(i.clip_id) for i in chunk], [probe_set.prompt(i) for i in chunk])
         trace = run_traced(adapter, batch)
         answers = batch.answer_positions()
-        rows = torch.arange(len(chunk))
+        rows = torch.arange(len(chunk), device=answers.device)
         resid = torch.stack([r[rows, answers] for r in trace.resid])  # (n_layers + 1, batch, d_model)
+        # each row's own label words (its language's), read for the whole chunk at once: one copy off the device
+        ids = torch.tensor([[probe_set.label_ids[item.lang][e] for e in emotions] for item in chunk],
+                           device=resid.device)  # (batch, n_emotions)
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        lensed = lens(adapter, resid, unique)  # (n_layers + 1, batch, n_unique)
+        lensed = lensed.gather(2, inverse.unsqueeze(0).expand(lensed.shape[0], -1, -1)).float().cpu().numpy()
+        own = trace.logits[rows, answers].gather(1, ids).float().cpu().numpy()  # (batch, n_emotions)
         for j, item in enumerate(chunk):
-            ids = torch.tensor([probe_set.label_ids[item.lang][e] for e in emotions], device=resid.device)
-            per_layer[item.item_id] = lens(adapter, resid[:, j], ids).float().cpu().numpy()
-            final[item.item_id] = trace.logits[j, answers[j], ids].float().cpu().numpy()
+            per_layer[item.item_id] = lensed[:, j]
+            final[item.item_id] = own[j]
         if tick:
             tick(len(chunk))
     return per_layer, final

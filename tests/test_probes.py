@@ -14,6 +14,7 @@ from models.forward import run_traced
 from probes import logit_lens, patching
 from probes.inputs import load_probe_set
 from stimuli.conditions import seed_items
+from stimuli import spec
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,26 @@ def test_lens_last_layer_equals_logits(tiny, small_set):
     result = logit_lens.run(tiny, small_set, logit_lens.LensConfig(batch_size=8, n_boot=50))
     for item_id, per_layer in result.label_logits.items():
         np.testing.assert_allclose(per_layer[-1], result.final_logits[item_id], atol=1e-5)
+
+
+def test_lens_of_a_mixed_language_batch_reads_each_item_in_its_own_label_words(tiny):
+    """The lens reads a whole batch at once; an English and a Mandarin item side by side must each get the logits
+    of their own language's label words at every layer, as a one-item forward gives them."""
+    from models.forward import lens
+
+    conflict = [i for i in seed_items(["en", "zh"], ("conflict",)) if i.clip_id in ("A3-en", "A3-zh")]
+    items = [i for i in conflict if i.lang == "en"][:2] + [i for i in conflict if i.lang == "zh"][:2]
+    probe_set = load_probe_set(tiny, items)
+    assert {i.lang for i in items} == {"en", "zh"}
+    per_layer, final = logit_lens.label_logits(tiny, probe_set, items, batch_size=len(items))
+    for item in items:
+        batch = tiny.build_batch([probe_set.wave(item.clip_id)], [probe_set.prompt(item)])
+        ids = torch.tensor([probe_set.label_ids[item.lang][e] for e in spec.emotions()])
+        with torch.no_grad():
+            trace = run_traced(tiny, batch)
+            alone = torch.stack([lens(tiny, r[0, batch.spans[0].answer], ids) for r in trace.resid])
+        np.testing.assert_allclose(per_layer[item.item_id], alone.numpy(), atol=1e-4)
+        np.testing.assert_allclose(final[item.item_id], trace.logits[0, batch.spans[0].answer, ids].numpy(), atol=1e-4)
 
 
 def test_lens_recomputes_the_norm_on_each_layer(tiny, small_set):
