@@ -42,7 +42,6 @@ from probes.inputs import load_probe_set
 from stimuli.audio_io import write_wav
 from stimuli.conditions import Item, seed_items
 
-METHOD = "pgd-persistence"
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -200,9 +199,11 @@ def _mean(values) -> float | None:
 
 
 def method_name(config: PGDConfig) -> str:
-    """The leaderboard name of an attack: the objective (persistence alone, or with the final-answer term) and its
-    mode, so that the two objectives rank as two methods."""
-    return (METHOD + ("+answer" if config.final_weight else "") + ("-universal" if config.universal else "")
+    """The leaderboard name of an attack: the terms its objective has (persistence in the window, counting the
+    window's lens margin, and the final answer) and its mode, so that each objective ranks as its own method."""
+    window = config.persistence_weight > 0 or config.lens_weight > 0
+    objective = "+".join(part for part, used in (("persistence", window), ("answer", config.final_weight > 0)) if used)
+    return (f"pgd-{objective}" + ("-universal" if config.universal else "")
             + ("-targeted" if config.target_emotion else ""))
 
 

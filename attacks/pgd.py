@@ -213,6 +213,9 @@ def check_config(adapter: ModelAdapter, config: PGDConfig) -> None:
         raise ModalflipError(f"unknown step size schedule {config.schedule!r}; use cosine or constant")
     if min(config.persistence_weight, config.lens_weight, config.final_weight) < 0:
         raise ModalflipError("loss weights must be zero or positive")
+    if max(config.persistence_weight, config.lens_weight, config.final_weight) == 0:
+        raise ModalflipError("every loss weight is 0, so the attack has nothing to optimise; keep at least one of "
+                             "--persistence-weight, --lens-weight and --final-weight above 0")
     if config.target_emotion is not None:
         spec.check_emotion(config.target_emotion)
 

@@ -31,6 +31,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     (["--target-layer", "9"], "--target-layer 9 is outside this model"),
     (["--epsilon", "0"], "epsilon"),
     (["--clips", "A99"], "no conflict items"),
+    (["--from-layer", "1", "--target-layer", "3", "--persistence-weight", "0", "--lens-weight", "0",
+      "--final-weight", "0"], "nothing to optimise"),
 ])
 def test_bad_arguments_are_one_line_exit_2_and_write_nothing(tiny_checkpoint, tmp_path, bad, message):
     out, runs = tmp_path / "out", tmp_path / "runs"
@@ -90,6 +92,8 @@ def test_a_two_language_run_writes_one_record_per_language(tiny_checkpoint, tmp_
     ({"final_weight": 1.0}, "pgd-persistence+answer"),
     ({"final_weight": 0.0, "universal": True}, "pgd-persistence-universal"),
     ({"final_weight": 0.5, "target_emotion": "sad"}, "pgd-persistence+answer-targeted"),
+    ({"persistence_weight": 0.0, "lens_weight": 0.0}, "pgd-answer"),
+    ({"persistence_weight": 0.0, "lens_weight": 0.5, "final_weight": 0.0}, "pgd-persistence"),
 ])
 def test_the_two_objectives_rank_as_two_methods(change, name):
     from attacks.experiment import method_name
