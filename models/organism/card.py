@@ -129,7 +129,8 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
     device = r.get("device", "cpu")  # reports before the --device option were all written on the CPU
     machine = (f"on this project's 2-core machine, {r['threads']} CPU threads" if device == "cpu"
                else f"on a GPU ({device}); the CPU gives other weights from the same seed")
-    return template.format(machine=machine, k=k, encoder_layers=config["audio_config"]["encoder_layers"], k1=k - 1, k2=k + r["settle"], k3=k + 3, minutes=minutes,
+    return template.format(machine=machine, k=k, encoder_layers=config["audio_config"]["encoder_layers"], k1=k - 1,
+                           k2=k + r["settle"], k3=k + 3, minutes=minutes,
                            steps=r["steps"], batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
                            audio_lens_weight=r.get("audio_lens_weight", 0.0), weight=r["invariance_weight"],
                            swap_item=SWAP_ITEM.format(weight=r["swap_weight"], k=k) if r.get("swap_weight") else "",
