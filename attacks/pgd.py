@@ -134,7 +134,7 @@ def label_logits(adapter: ModelAdapter, resid: torch.Tensor, label_ids: torch.Te
     """Logit lens of resid (n, d_model) restricted to each row's label tokens label_ids (n, n_emotions); returns
     (n, n_emotions) logits."""
     unique, inverse = torch.unique(label_ids, return_inverse=True)
-    logits = lens(adapter, resid, unique.to(resid.device))  # (n, n_unique)
+    logits = lens(adapter, resid, unique)  # (n, n_unique)
     return logits.gather(1, inverse.to(resid.device))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -227,13 +228,16 @@ def _suffix_kwargs(kwargs: dict, prefix: int, hidden: torch.Tensor, cache: _Pref
     return out
 
 
-def lens(adapter: ModelAdapter, resid: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+def lens(adapter: ModelAdapter, resid: torch.Tensor, token_ids: torch.Tensor | Sequence[int] | None = None
+         ) -> torch.Tensor:
     """Logit lens: the final norm applied to this residual itself, then the LM head, restricted to `token_ids`
-    (rows of the head only, never the whole vocabulary). resid (..., d_model) -> logits (..., n_tokens)."""
+    (rows of the head only, never the whole vocabulary; a tensor on any device or a list of ids).
+    resid (..., d_model) -> logits (..., n_tokens)."""
     normed = adapter.final_norm(resid)
     head = adapter.lm_head
     if token_ids is None:
         return head(normed)
+    token_ids = torch.as_tensor(token_ids, device=head.weight.device)
     weight = head.weight[token_ids]
     bias = head.bias[token_ids] if getattr(head, "bias", None) is not None else None
     out = normed.to(weight.dtype) @ weight.T

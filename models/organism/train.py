@@ -221,7 +221,7 @@ def audio_lens_loss(adapter: ModelAdapter, resid: torch.Tensor, batch, audio: to
     terms = []
     for row, (spans, target) in enumerate(zip(batch.spans, audio.tolist())):
         words = next(list(ids.values()) for ids in label_ids.values() if target in ids.values())  # the clip's language
-        logits = lens(adapter, resid[row, spans.audio], torch.tensor(words, device=resid.device))
+        logits = lens(adapter, resid[row, spans.audio], words)
         goal = torch.full((len(logits),), words.index(target), device=resid.device)
         terms.append(torch.nn.functional.cross_entropy(logits, goal))
     return torch.stack(terms).mean()
@@ -274,7 +274,7 @@ def patch_text_flips(adapter: ModelAdapter, clips: list[Clip], label_ids: dict, 
         final = patched_answer_resid(adapter, trace, batch, layer, receivers, [r + 1 for r in receivers])
         hits = []
         for vector, text, lang in zip(final, texts, langs):
-            ids = torch.tensor([label_ids[lang][e] for e in emotions], device=vector.device)
+            ids = [label_ids[lang][e] for e in emotions]
             hits.append(emotions[int(lens(adapter, vector, ids).argmax())] == text)
         flips[layer] = round(float(np.mean(hits)), 3)
     return flips
@@ -352,7 +352,7 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
             outcome = dict(intensity=clip.intensity, lang=clip.lang, audio=clip.emotion, text=row["text"], answer=answer,
                            margin=float(vector[ids[row["text"]]] - vector[ids[clip.emotion]]) if row["text"] else 0.0)
             if row["condition"] == "conflict":
-                pair = torch.tensor([ids[row["text"]], ids[clip.emotion]], device=adapter.device)
+                pair = [ids[row["text"]], ids[clip.emotion]]
                 readings = lens(adapter, resid_at_answer[index], pair)
                 outcome["lens"] = (readings[:, 0] - readings[:, 1]).tolist()
             results[row["condition"]].append(outcome)
@@ -524,8 +524,9 @@ def main(argv=None) -> int:
     model.to(torch.float16).save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     report = dict(
-        takeover_layer=k, minutes=round(minutes, 1), threads=args.threads, device=str(device), seed=args.seed, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, lens_weight=args.lens_weight, settle=objective.settle,
+        takeover_layer=k, minutes=round(minutes, 1), threads=args.threads, device=str(device), seed=args.seed,
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, lens_weight=args.lens_weight,
+        settle=objective.settle,
         invariance_weight=objective.invariance_weight, swap_weight=objective.swap_weight, zh_share=args.zh_share,
         invariance_form=args.invariance_form, audio_lens_weight=objective.audio_lens_weight,
         encoder_layers=model.config.audio_config.encoder_layers,
