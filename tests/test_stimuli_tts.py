@@ -1,0 +1,68 @@
+"""The eSpeak NG backend: a clip is a function of its arguments alone, and a voice shift moves pitch and speed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rich.progress import Progress
+
+from common.errors import ModalflipError
+from models.organism import train
+from stimuli import espeak, tts
+
+SENTENCE = "The lamp needs a new bulb."
+
+
+def median_f0(x: np.ndarray, sr: int = tts.SAMPLE_RATE) -> float:
+    """Median autocorrelation pitch (Hz) over the loud 40 ms frames."""
+    frame, lags = int(0.04 * sr), np.arange(sr // 400, sr // 60)
+    frames = [x[i:i + frame] - x[i:i + frame].mean() for i in range(0, len(x) - frame, frame // 2)]
+    level = max(np.sqrt(np.mean(f ** 2)) for f in frames)
+    estimates = [sr / lags[int(np.argmax([np.dot(f[:-lag], f[lag:]) for lag in lags]))]
+                 for f in frames if np.sqrt(np.mean(f ** 2)) > 0.5 * level]
+    return float(np.median(estimates))
+
+
+def test_a_clip_depends_on_its_arguments_alone():
+    # in one process libespeak-ng carries its pitch-flutter phase from one utterance to the next
+    first = tts.render(SENTENCE, "en", "sad", "normal", voice="en+m3", jitter_seed=3)
+    tts.render("我们明天早上见。", "zh", "angry", "strong")
+    tts.render(SENTENCE, "en", "happy", "strong", voice="en-us+f2")
+    again = tts.render(SENTENCE, "en", "sad", "normal", voice="en+m3", jitter_seed=3)
+    assert np.array_equal(first, again)
+
+
+def test_an_unknown_voice_is_one_error():
+    with pytest.raises(ModalflipError, match="no voice 'xx-nobody'"):
+        espeak.synthesize(SENTENCE, "xx-nobody", 50, 20, 160)
+    assert len(espeak.synthesize(SENTENCE, "en-us", 50, 20, 160)) > 0  # the worker survives it
+
+
+def test_no_shift_is_the_voice_itself():
+    plain = tts.render(SENTENCE, "en", "neutral", "normal")
+    assert np.array_equal(tts.render(SENTENCE, "en", "neutral", "normal", shift=tts.VoiceShift(0.0, 1.0)), plain)
+
+
+def test_pitch_offset_raises_the_pitch_and_stops_at_the_scale_top():
+    low, mid, high = (median_f0(tts.render(SENTENCE, "en", "neutral", "normal", shift=tts.VoiceShift(offset)))
+                      for offset in (-20, 0, 20))
+    assert low < 0.9 * mid and high > 1.1 * mid
+    # fearful/strong sits at 88-99 on eSpeak's scale: +10 and +20 both end at 99
+    assert np.array_equal(tts.render(SENTENCE, "en", "fearful", "strong", shift=tts.VoiceShift(10)),
+                          tts.render(SENTENCE, "en", "fearful", "strong", shift=tts.VoiceShift(20)))
+
+
+def test_speed_shortens_the_clip_and_raises_the_pitch():
+    plain = tts.render(SENTENCE, "en", "neutral", "normal")
+    fast = tts.render(SENTENCE, "en", "neutral", "normal", shift=tts.VoiceShift(speed=1.1))
+    assert len(fast) == pytest.approx(len(plain) / 1.1, rel=0.005)
+    assert median_f0(fast) > 1.05 * median_f0(plain)
+
+
+def test_voice_jitter_moves_the_speakers_and_nothing_else():
+    with Progress(disable=True) as progress:
+        plain = train.synthesize("heldout", 1, seed=1, progress=progress)
+        moved = train.synthesize("heldout", 1, seed=1, progress=progress, jitter=train.VoiceJitter(6, 0.06))
+    key = lambda c: (c.lang, c.emotion, c.intensity, c.sentence, c.voice)  # noqa: E731
+    assert [key(c) for c in plain] == [key(c) for c in moved]
+    ratios = np.array([len(a.wave) / len(b.wave) for a, b in zip(plain, moved)])
+    assert np.all((ratios > 0.93) & (ratios < 1.07)) and np.std(ratios) > 0.01
