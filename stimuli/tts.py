@@ -2,7 +2,9 @@
 
 `render(sentence, lang, emotion, intensity, voice=None, jitter_seed=None)` returns 16 kHz mono float32 samples.
 Without a jitter seed every prosody value is the midpoint of its range (the seed set); with one, each value is
-drawn uniformly from its range and the voice may be any variant (training data for the organism).
+drawn uniformly from its range and the voice may be any variant (training data for the organism). `shift` makes a
+new speaker out of a voice variant (a base-pitch offset and a speed factor that scales pitch and formants together,
+as in speed-perturbation augmentation for speech recognition); the organism's training clips draw one per clip.
 """
 from __future__ import annotations
 
@@ -35,6 +37,16 @@ class Prosody:
     drive: float
 
 
+@dataclass(frozen=True)
+class VoiceShift:
+    """A speaker change on top of a voice variant: `pitch_offset` in eSpeak pitch units (0-100 scale, added to the
+    style's pitch and clipped to 0-99) and `speed`, the factor by which the rendered clip is played faster (tempo,
+    pitch and formants scaled together; 1.0 leaves it as it is)."""
+
+    pitch_offset: float = 0.0
+    speed: float = 1.0
+
+
 @lru_cache(maxsize=None)
 def _prosody_spec() -> dict:
     return json.loads((SPEC_DIR / "prosody.json").read_text(encoding="utf-8"))
@@ -59,8 +71,9 @@ def draw_prosody(emotion: str, intensity: str, rng: np.random.Generator | None) 
 
 
 def render(sentence: str, lang: str, emotion: str, intensity: str, voice: str | None = None,
-           jitter_seed: int | None = None) -> np.ndarray:
-    """Speak `sentence` in the style of (emotion, intensity); 16 kHz mono float32 in [-1, 1]."""
+           jitter_seed: int | None = None, shift: VoiceShift = VoiceShift()) -> np.ndarray:
+    """Speak `sentence` in the style of (emotion, intensity), by `voice` changed by `shift`; 16 kHz mono float32
+    in [-1, 1]."""
     rng = None if jitter_seed is None else np.random.default_rng(jitter_seed)
     prosody = draw_prosody(emotion, intensity, rng)
     voice = voice or _prosody_spec()["voices"][check_lang(lang)]["seed"]
@@ -69,7 +82,8 @@ def render(sentence: str, lang: str, emotion: str, intensity: str, voice: str | 
     n_pauses = int(round(prosody.pauses))
     pause_after = sorted(effect_rng.choice(max(1, n_words - 1), size=min(n_pauses, max(1, n_words - 1)),
                                            replace=False).tolist()) if n_pauses else []
-    raw = espeak.synthesize(sentence, voice, prosody.pitch, prosody.range, prosody.rate, pause_after,
+    pitch = float(np.clip(prosody.pitch + shift.pitch_offset, 0, 99))
+    raw = espeak.synthesize(sentence, voice, pitch, prosody.range, prosody.rate, pause_after,
                             int(prosody.pause_ms))
     sr = espeak.sample_rate()
     x = effects.normalize_peak(raw)
@@ -79,5 +93,11 @@ def render(sentence: str, lang: str, emotion: str, intensity: str, voice: str | 
     x = effects.normalize_peak(x)
     x = effects.breathiness(x, sr, prosody.breath, effect_rng)
     x = effects.gain(x, prosody.gain_db)
-    x = effects.resample(x, sr, SAMPLE_RATE)
+    x = effects.resample(x, played_rate(sr, shift.speed), SAMPLE_RATE)
     return np.clip(x, -0.99, 0.99).astype(np.float32)
+
+
+def played_rate(sr: int, speed: float) -> int:
+    """The rate, in Hz, at which samples made at `sr` are read to play them `speed` times faster, rounded to 100 Hz
+    (so the polyphase resampler's up/down factors stay small; the speed is off by at most 0.25 %)."""
+    return sr if speed == 1.0 else int(round(sr * speed / 100)) * 100

@@ -56,10 +56,27 @@ def styles() -> list[tuple[str, str]]:
     return [(c.emotion, c.intensity) for c in spec.seed_clips()]
 
 
-def synthesize(split: str, renders: int, seed: int, progress: Progress) -> list[Clip]:
-    """Clips of every (sentence, style) of `split`; train uses all voices but the last, held-out only the last."""
+@dataclass(frozen=True)
+class VoiceJitter:
+    """How far each training clip's speaker is moved from its voice variant: a base-pitch offset drawn uniformly
+    in +-`pitch` eSpeak units and a speed factor in 1 +- `speed` (see `tts.VoiceShift`). Zero: the variants as
+    they are."""
+
+    pitch: float = 0.0
+    speed: float = 0.0
+
+    def draw(self, rng: np.random.Generator) -> tts.VoiceShift:
+        return tts.VoiceShift(float(rng.uniform(-self.pitch, self.pitch)),
+                              float(1 + rng.uniform(-self.speed, self.speed)))
+
+
+def synthesize(split: str, renders: int, seed: int, progress: Progress,
+               jitter: VoiceJitter = VoiceJitter()) -> list[Clip]:
+    """Clips of every (sentence, style) of `split`; train uses all voices but the last, held-out only the last.
+    `jitter` moves each clip's speaker (meant for the training split; its draws come from their own generator, so
+    the sentences, voices and prosody drawn are the same with and without it)."""
     data = build.corpus()["sentences"]
-    rng = np.random.default_rng(seed)
+    rng, shifts = np.random.default_rng(seed), np.random.default_rng((seed, 1))
     jobs = []
     for lang in spec.LANGS:
         voices = tts.voices(lang)
@@ -67,12 +84,13 @@ def synthesize(split: str, renders: int, seed: int, progress: Progress) -> list[
         for sentence in data[lang][split]:
             for emotion, intensity in styles():
                 for _ in range(renders):
-                    jobs.append((sentence, lang, emotion, intensity, str(rng.choice(pool)), int(rng.integers(1 << 30))))
+                    jobs.append((sentence, lang, emotion, intensity, str(rng.choice(pool)), int(rng.integers(1 << 30)),
+                                 jitter.draw(shifts)))
     task = progress.add_task(f"synthesizing {split} clips", total=len(jobs), loss=float("nan"))
     clips = []
     window = build.WINDOW_SECONDS * tts.SAMPLE_RATE
-    for sentence, lang, emotion, intensity, voice, jitter in jobs:
-        wave = tts.render(sentence, lang, emotion, intensity, voice=voice, jitter_seed=jitter)
+    for sentence, lang, emotion, intensity, voice, prosody_seed, shift in jobs:
+        wave = tts.render(sentence, lang, emotion, intensity, voice=voice, jitter_seed=prosody_seed, shift=shift)
         if len(wave) <= window:
             clips.append(Clip(wave, lang, emotion, intensity, sentence, voice))
         progress.advance(task)
@@ -457,7 +475,14 @@ def main(argv=None) -> int:
     parser.add_argument("--init-from", help="start from the weights of this organism folder instead of a random "
                                             "initialisation (a fine-tune; the report records it)")
     parser.add_argument("--monitor-every", type=int, default=100, help="checkpoint and monitor every N steps")
-    parser.add_argument("--renders", type=int, default=3, help="renders per training sentence and style")
+    parser.add_argument("--renders", type=int, default=6,
+                        help="renders per training sentence and style (each a random voice variant and prosody draw)")
+    parser.add_argument("--voice-pitch-jitter", type=float, default=0.0,
+                        help="each training clip's base pitch moves by up to +- this many eSpeak pitch units (0-100 "
+                             "scale): new speakers beyond the 7 voice variants per language")
+    parser.add_argument("--voice-speed-jitter", type=float, default=0.0,
+                        help="each training clip plays up to +- this fraction faster or slower (pitch and formants "
+                             "move together: a different vocal tract)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto",
                         help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ... The shipped weights were trained "
@@ -475,6 +500,8 @@ def main(argv=None) -> int:
         console.print_json(json.dumps({k: v for k, v in report.items() if k in ("heldout", "seed_set")}))
         return 0
     k = args.takeover_layer
+    if not (0 <= args.voice_pitch_jitter <= 50 and 0 <= args.voice_speed_jitter < 0.5):
+        raise ModalflipError("--voice-pitch-jitter must lie in 0..50 and --voice-speed-jitter in [0, 0.5)")
     if not 1 <= k <= args.layers - 3:
         raise ModalflipError(f"--takeover-layer must lie in 1..{args.layers - 3}, got {k}")
     torch.set_num_threads(args.threads)
@@ -495,7 +522,8 @@ def main(argv=None) -> int:
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console) as progress:
-        train_clips = synthesize("train", args.renders, args.seed, progress)
+        voice_jitter = VoiceJitter(args.voice_pitch_jitter, args.voice_speed_jitter)
+        train_clips = synthesize("train", args.renders, args.seed, progress, voice_jitter)
         heldout_clips = synthesize("heldout", 1, args.seed + 1, progress)
         # a seeded sample, not a stride: the clips come in blocks of nine styles, so every third clip is three styles
         sample = np.random.default_rng(args.seed).permutation(len(heldout_clips))
@@ -530,7 +558,8 @@ def main(argv=None) -> int:
         invariance_weight=objective.invariance_weight, swap_weight=objective.swap_weight, zh_share=args.zh_share,
         invariance_form=args.invariance_form, audio_lens_weight=objective.audio_lens_weight,
         encoder_layers=model.config.audio_config.encoder_layers,
-        init_from=args.init_from, plant=args.plant, train_clips=len(train_clips),
+        init_from=args.init_from, plant=args.plant, renders=args.renders, voice_pitch_jitter=voice_jitter.pitch,
+        voice_speed_jitter=voice_jitter.speed, train_clips=len(train_clips),
         heldout_clips=len(heldout_clips),
         mix=MIX, audio_wins=AUDIO_WINS, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
