@@ -100,11 +100,11 @@ def _read(stream, size: int) -> bytes:
 def _ask(request: dict | None) -> tuple[bool, int, bytes]:
     """Send `request` to the worker (None: only start it) and return (ok, value, payload)."""
     worker = _state.get("worker")
-    if worker is None or worker.poll() is not None:
+    if worker is None or worker.poll() is not None or _state["owner"] != os.getpid():  # a forked copy starts its own
         worker = subprocess.Popen([sys.executable, "-m", "stimuli.espeak_worker"], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1],
                                   env=dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1"))
-        _state["worker"] = worker
+        _state.update(worker=worker, owner=os.getpid())
         atexit.register(_stop, worker)
         ok, value = HEADER.unpack(_read(worker.stdout, HEADER.size))
         if ok != b"+":

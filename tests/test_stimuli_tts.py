@@ -66,3 +66,14 @@ def test_voice_jitter_moves_the_speakers_and_nothing_else():
     assert [key(c) for c in plain] == [key(c) for c in moved]
     ratios = np.array([len(a.wave) / len(b.wave) for a, b in zip(plain, moved)])
     assert np.all((ratios > 0.93) & (ratios < 1.07)) and np.std(ratios) > 0.01
+
+
+def test_forked_processes_speak_through_their_own_workers():
+    import multiprocessing
+
+    jobs = [(SENTENCE, "en", emotion, "strong") for emotion in ("happy", "sad", "angry", "fearful")] * 3
+    expected = {job: tts.render(*job) for job in jobs}  # the parent's worker is running now
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        clips = pool.starmap(tts.render, jobs)
+    assert all(np.array_equal(clip, expected[job]) for clip, job in zip(clips, jobs))
+    assert np.array_equal(tts.render(*jobs[0]), expected[jobs[0]])
