@@ -49,6 +49,14 @@ def language_mix(zh_share: float | None) -> str:
     return f"Paired items are Mandarin with probability {zh_share}."
 
 
+def voice_shift(report: dict) -> str:
+    """The training clips' voice shifts (`--voice-pitch-jitter`, `--voice-speed-jitter`) in words; "" when off."""
+    pitch, speed = report.get("voice_pitch_jitter", 0.0), report.get("voice_speed_jitter", 0.0)
+    if not (pitch or speed):
+        return ""
+    return f", moved by up to ±{pitch:g} eSpeak pitch units and played up to ±{100 * speed:g} % faster or slower"
+
+
 def shown_layers(k: int, n_layers: int) -> list[int]:
     return sorted({0, 1, 4, 8, 12, k - 2, k - 1, k, k + 1, k + 2, k + 4, 24, 28, n_layers} & set(range(n_layers + 1)))
 
@@ -136,6 +144,7 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
                            swap_item=SWAP_ITEM.format(weight=r["swap_weight"], k=k) if r.get("swap_weight") else "",
                            zh_share=language_mix(r.get("zh_share")), train_clips=r["train_clips"],
                            heldout_clips=r["heldout_clips"], heldout=metric_rows(r["heldout"]),
+                           renders=r.get("renders", 3), voice_shift=voice_shift(r),
                            seed=metric_rows(r["seed_set"]), seed_value=r["seed"],
                            lens=lens_section(k, r["heldout"], figures), probes=probe_section(k, figures),
                            history=f"\n\n{r['history']}" if r.get("history") else "",
@@ -236,8 +245,9 @@ answer to recover.
 ## Data
 eSpeak NG clips rendered by `stimuli.tts` with jittered prosody per emotion and intensity (ranges in
 `stimuli/spec/prosody.json`): {train_clips} training clips (36 neutral sentences per language, English and Mandarin,
-all voice variants but one) and {heldout_clips} held-out clips (8 other sentences per language, spoken by the held-out
-voice). Half of the training items are padded with silence to the full window, half keep their natural length.
+{renders} renders per sentence and style, each by a random voice variant of all but one{voice_shift}) and
+{heldout_clips} held-out clips (8 other sentences per language, spoken by the held-out voice). Half of the training
+items are padded with silence to the full window, half keep their natural length.
 Instruction paraphrases per condition and language are in `models/organism/corpus.json`.
 
 {recipe}### What did not work, for the record
