@@ -41,6 +41,7 @@ from stimuli import spec
 from probes.inputs import load_probe_set
 from stimuli.audio_io import write_wav
 from stimuli.conditions import Item, seed_items
+from stimuli.manifest import stimulus_set_hash
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -232,7 +233,7 @@ def _metrics(adapter, args, config, items, clean_read, adv_read, persistence, cl
     return {
         "method": method_name(config),
         "model": {"id": adapter.model_id, "hash": model_hash(adapter), "n_layers": adapter.n_layers},
-        "stimulus_hash": spec.stimulus_set_hash(),  # the committed seed set, as the other runners record it
+        "stimulus_hash": stimulus_set_hash(),  # the committed seed set, as the other runners record it
         "lang": args.lang,
         "clips": args.clips,
         "settings": asdict(config),

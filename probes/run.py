@@ -21,7 +21,7 @@ from probes.figures import lens_figure, patching_figure
 from probes.inputs import load_probe_set
 from stimuli import spec
 from stimuli.conditions import build_items, seed_items
-from stimuli.manifest import read_manifest
+from stimuli.manifest import read_manifest, stimulus_set_hash
 
 CONDITIONS = ("audio_only", "conflict", "consistent", "voice")
 
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         task = progress.add_task("patching (pairs)", total=n_pairs)
         patch = patching.run(adapter, probe_set, lens.final_logits, patch_config, lambda n: progress.advance(task, n))
     seconds = time.time() - started
-    stimulus_hash = spec.stimulus_set_hash(args.stimuli)
+    stimulus_hash = stimulus_set_hash(args.stimuli)
     takeover = (getattr(adapter.model.config, "modalflip_organism", None) or {}).get("takeover_layer")
     summary = dict(
         model_id=args.model, model_hash=model_hash(adapter), n_layers=adapter.n_layers,

@@ -34,7 +34,7 @@ from prompts.search import SPLIT_RULE, SearchConfig, SearchResult, evaluate, run
 from prompts.study import is_url, redact
 from stimuli import spec
 from stimuli.conditions import build_items, seed_items
-from stimuli.manifest import read_manifest
+from stimuli.manifest import read_manifest, stimulus_set_hash
 
 TRIAL_COLUMNS = ("number", "state", "value", "flip_rate", "margin", "effect", "tokens", "units", "forwards",
                  "seconds", "repeat_of", "worker", "note", "slots", "prompt")
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     adapter = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
     probe_set = load_probe_set(adapter, items)
     search_items, heldout_items = split_items(items)
-    stimulus_hash = spec.stimulus_set_hash(args.stimuli)
+    stimulus_hash = stimulus_set_hash(args.stimuli)
     config = SearchConfig(study_name=study_name, storage=storage, trials=args.trials, objective=args.objective,
                           layers=layers, multi_objective=args.nsga2, slice_size=args.slice,
                           startup_trials=args.startup_trials, batch_size=args.batch_size, cache=args.cache,

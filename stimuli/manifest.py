@@ -13,6 +13,7 @@ intensity "normal". Every row is checked before anything is returned.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from common.atomic import atomic_write_jsonl
 from common.errors import ModalflipError
-from stimuli.spec import LANGS, check_emotion
+from stimuli.spec import LANGS, SEED_DIR, check_emotion, spec_hash
 
 INTENSITIES = ("normal", "strong")
 FIELDS = ("id", "path", "emotion", "intensity", "lang", "sentence", "style", "source")
@@ -70,6 +71,17 @@ def read_manifest(path: str | os.PathLike) -> list[Clip]:
     if not clips:
         raise ModalflipError(f"manifest {path} has no rows")
     return clips
+
+
+def stimulus_set_hash(manifest: str | os.PathLike | None = None) -> str:
+    """A short hash of the spec files, the manifest of the clips used (the committed seed set by default) and the
+    bytes of every clip it lists: re-rendered audio under the same manifest is another stimulus set."""
+    path = Path(manifest) if manifest else SEED_DIR / "manifest.jsonl"
+    digest = hashlib.sha256(spec_hash().encode())
+    digest.update(path.read_bytes())
+    for clip in read_manifest(path):
+        digest.update(clip.audio_path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def write_manifest(path: str | os.PathLike, clips: list[Clip]) -> Path:

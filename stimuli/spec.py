@@ -90,12 +90,3 @@ def spec_hash() -> str:
     for name in ("seed_set.json", "labels.json", "templates.json"):
         digest.update((SPEC_DIR / name).read_bytes())
     return digest.hexdigest()[:16]
-
-
-def stimulus_set_hash(manifest: str | Path | None = None) -> str:
-    """A short hash of the spec files and the manifest of the clips used (the committed seed set by default)."""
-    path = Path(manifest) if manifest else SEED_DIR / "manifest.jsonl"
-    digest = hashlib.sha256(spec_hash().encode())
-    if path.is_file():
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]

@@ -8,7 +8,7 @@ import pytest
 
 from common.errors import ModalflipError
 from stimuli.audio_io import write_wav
-from stimuli.manifest import Clip, read_manifest, write_manifest
+from stimuli.manifest import Clip, read_manifest, stimulus_set_hash, write_manifest
 
 
 def _clip_file(folder, name="a.wav"):
@@ -80,3 +80,16 @@ def test_write_manifest_keeps_inside_paths_relative_and_outside_paths_absolute(t
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert [row["path"] for row in rows] == ["en/in.wav", str(outside.resolve())]
     assert [c.audio_path for c in read_manifest(manifest)] == [inside.resolve(), outside.resolve()]
+
+
+def test_stimulus_hash_follows_the_audio_not_only_the_manifest(tmp_path):
+    audio = _clip_file(tmp_path)
+    manifest = _jsonl(tmp_path / "manifest.jsonl", [_row()])
+    before = stimulus_set_hash(manifest)
+    assert stimulus_set_hash(manifest) == before
+    t = np.arange(8001) / 16000  # one sample more: the same manifest, other audio
+    write_wav(audio, (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32))
+    assert stimulus_set_hash(manifest) != before
+    _clip_file(tmp_path)
+    assert stimulus_set_hash(manifest) == before
+
