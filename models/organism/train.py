@@ -475,8 +475,9 @@ def main(argv=None) -> int:
     parser.add_argument("--init-from", help="start from the weights of this organism folder instead of a random "
                                             "initialisation (a fine-tune; the report records it)")
     parser.add_argument("--monitor-every", type=int, default=100, help="checkpoint and monitor every N steps")
-    parser.add_argument("--renders", type=int, default=6,
-                        help="renders per training sentence and style (each a random voice variant and prosody draw)")
+    parser.add_argument("--renders", type=int, default=3,
+                        help="renders per training sentence and style (each a random voice variant and prosody "
+                             "draw; the shipped weights: 3)")
     parser.add_argument("--voice-pitch-jitter", type=float, default=0.0,
                         help="each training clip's base pitch moves by up to +- this many eSpeak pitch units (0-100 "
                              "scale): new speakers beyond the 7 voice variants per language")
