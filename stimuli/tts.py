@@ -3,8 +3,8 @@
 `render(sentence, lang, emotion, intensity, voice=None, jitter_seed=None)` returns 16 kHz mono float32 samples.
 Without a jitter seed every prosody value is the midpoint of its range (the seed set); with one, each value is
 drawn uniformly from its range and the voice may be any variant (training data for the organism). `shift` makes a
-new speaker out of a voice variant (a base-pitch offset and a speed factor that scales pitch and formants together,
-as in speed-perturbation augmentation for speech recognition); the organism's training clips draw one per clip.
+new speaker out of a voice variant (a base-pitch offset, a speed factor that scales pitch and formants together,
+as in speed-perturbation augmentation for speech recognition, and extra breathiness); the organism's training clips draw one per clip.
 """
 from __future__ import annotations
 
@@ -41,10 +41,12 @@ class Prosody:
 class VoiceShift:
     """A speaker change on top of a voice variant: `pitch_offset` in eSpeak pitch units (0-100 scale, added to the
     style's pitch and clipped to 0-99) and `speed`, the factor by which the rendered clip is played faster (tempo,
-    pitch and formants scaled together; 1.0 leaves it as it is)."""
+    pitch and formants scaled together; 1.0 leaves it as it is) and `breath`, breathiness noise added to the style's
+    own level (times the speech RMS, as `breath` in prosody.json): a breathy speaker, whatever the emotion."""
 
     pitch_offset: float = 0.0
     speed: float = 1.0
+    breath: float = 0.0
 
 
 @lru_cache(maxsize=None)
@@ -91,7 +93,7 @@ def render(sentence: str, lang: str, emotion: str, intensity: str, voice: str | 
     x = effects.tremolo(x, sr, prosody.tremolo_hz, prosody.tremolo_depth)
     x = effects.soft_clip(x, prosody.drive)
     x = effects.normalize_peak(x)
-    x = effects.breathiness(x, sr, prosody.breath, effect_rng)
+    x = effects.breathiness(x, sr, prosody.breath + shift.breath, effect_rng)
     x = effects.gain(x, prosody.gain_db)
     x = effects.resample(x, played_rate(sr, shift.speed), SAMPLE_RATE)
     return np.clip(x, -0.99, 0.99).astype(np.float32)

@@ -1,4 +1,5 @@
-"""The eSpeak NG backend: a clip is a function of its arguments alone, and a voice shift moves pitch and speed."""
+"""The eSpeak NG backend: a clip is a function of its arguments alone, and a voice shift moves pitch and speed
+and adds breathiness."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,6 +21,12 @@ def median_f0(x: np.ndarray, sr: int = tts.SAMPLE_RATE) -> float:
     estimates = [sr / lags[int(np.argmax([np.dot(f[:-lag], f[lag:]) for lag in lags]))]
                  for f in frames if np.sqrt(np.mean(f ** 2)) > 0.5 * level]
     return float(np.median(estimates))
+
+
+def high_band_share(x: np.ndarray, above_hz: float = 4000, sr: int = tts.SAMPLE_RATE) -> float:
+    """The share of the clip's energy above `above_hz`."""
+    power, freqs = np.abs(np.fft.rfft(x)) ** 2, np.fft.rfftfreq(len(x), 1 / sr)
+    return float(power[freqs > above_hz].sum() / power.sum())
 
 
 def test_a_clip_depends_on_its_arguments_alone():
@@ -56,6 +63,22 @@ def test_speed_shortens_the_clip_and_raises_the_pitch():
     fast = tts.render(SENTENCE, "en", "neutral", "normal", shift=tts.VoiceShift(speed=1.1))
     assert len(fast) == pytest.approx(len(plain) / 1.1, rel=0.005)
     assert median_f0(fast) > 1.05 * median_f0(plain)
+
+
+def test_breath_shift_adds_noise_above_the_voice_and_keeps_the_timing():
+    plain = tts.render(SENTENCE, "en", "neutral", "normal")
+    breathy = tts.render(SENTENCE, "en", "neutral", "normal", shift=tts.VoiceShift(breath=0.2))
+    assert len(breathy) == len(plain)
+    assert high_band_share(breathy) > 2 * high_band_share(plain)
+
+
+def test_breath_jitter_is_drawn_only_when_asked_for():
+    without = [train.VoiceJitter(6, 0.06).draw(np.random.default_rng(3)) for _ in range(2)]
+    assert without[0] == without[1] and without[0].breath == 0.0
+    rng = np.random.default_rng(3)
+    breathy = [train.VoiceJitter(6, 0.06, 0.1).draw(rng) for _ in range(5)]
+    assert (breathy[0].pitch_offset, breathy[0].speed) == (without[0].pitch_offset, without[0].speed)
+    assert all(0 <= shift.breath <= 0.1 for shift in breathy) and len({shift.breath for shift in breathy}) == 5
 
 
 def test_voice_jitter_moves_the_speakers_and_nothing_else():

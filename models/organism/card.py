@@ -50,11 +50,17 @@ def language_mix(zh_share: float | None) -> str:
 
 
 def voice_shift(report: dict) -> str:
-    """The training clips' voice shifts (`--voice-pitch-jitter`, `--voice-speed-jitter`) in words; "" when off."""
+    """The training clips' voice shifts (`--voice-pitch-jitter`, `--voice-speed-jitter`, `--voice-breath-jitter`) in
+    words; "" when off."""
     pitch, speed = report.get("voice_pitch_jitter", 0.0), report.get("voice_speed_jitter", 0.0)
-    if not (pitch or speed):
+    breath = report.get("voice_breath_jitter", 0.0)
+    shifts = [f"moved by up to ±{pitch:g} eSpeak pitch units" if pitch else "",
+              f"played up to ±{100 * speed:g} % faster or slower" if speed else "",
+              f"given up to {breath:g} × the speech RMS of extra breathiness" if breath else ""]
+    shifts = [shift for shift in shifts if shift]
+    if not shifts:
         return ""
-    return f", moved by up to ±{pitch:g} eSpeak pitch units and played up to ±{100 * speed:g} % faster or slower"
+    return ", " + (shifts[0] if len(shifts) == 1 else ", ".join(shifts[:-1]) + " and " + shifts[-1])
 
 
 def shown_layers(k: int, n_layers: int) -> list[int]:

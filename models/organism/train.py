@@ -59,15 +59,18 @@ def styles() -> list[tuple[str, str]]:
 @dataclass(frozen=True)
 class VoiceJitter:
     """How far each training clip's speaker is moved from its voice variant: a base-pitch offset drawn uniformly
-    in +-`pitch` eSpeak units and a speed factor in 1 +- `speed` (see `tts.VoiceShift`). Zero: the variants as
-    they are."""
+    in +-`pitch` eSpeak units, a speed factor in 1 +- `speed` and extra breathiness in [0, `breath`] (see
+    `tts.VoiceShift`). Zero: the variants as they are."""
 
     pitch: float = 0.0
     speed: float = 0.0
+    breath: float = 0.0
 
     def draw(self, rng: np.random.Generator) -> tts.VoiceShift:
-        return tts.VoiceShift(float(rng.uniform(-self.pitch, self.pitch)),
-                              float(1 + rng.uniform(-self.speed, self.speed)))
+        pitch, speed = float(rng.uniform(-self.pitch, self.pitch)), float(1 + rng.uniform(-self.speed, self.speed))
+        # drawn only when asked for, so runs without it keep the pitch and speed draws they had before it existed
+        breath = float(rng.uniform(0, self.breath)) if self.breath else 0.0
+        return tts.VoiceShift(pitch, speed, breath)
 
 
 def synthesize(split: str, renders: int, seed: int, progress: Progress,
@@ -484,6 +487,10 @@ def main(argv=None) -> int:
     parser.add_argument("--voice-speed-jitter", type=float, default=0.0,
                         help="each training clip plays up to +- this fraction faster or slower (pitch and formants "
                              "move together: a different vocal tract)")
+    parser.add_argument("--voice-breath-jitter", type=float, default=0.0,
+                        help="each training clip gets up to this much extra breathiness noise (times the speech RMS; "
+                             "the styles' own levels are 0-0.12): breathy speakers for every emotion, as the held-out "
+                             "Mandarin voice cmn+f5 is")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto",
                         help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ... The shipped weights were trained "
@@ -501,8 +508,10 @@ def main(argv=None) -> int:
         console.print_json(json.dumps({k: v for k, v in report.items() if k in ("heldout", "seed_set")}))
         return 0
     k = args.takeover_layer
-    if not (0 <= args.voice_pitch_jitter <= 50 and 0 <= args.voice_speed_jitter < 0.5):
-        raise ModalflipError("--voice-pitch-jitter must lie in 0..50 and --voice-speed-jitter in [0, 0.5)")
+    if not (0 <= args.voice_pitch_jitter <= 50 and 0 <= args.voice_speed_jitter < 0.5
+            and 0 <= args.voice_breath_jitter <= 0.5):
+        raise ModalflipError("--voice-pitch-jitter must lie in 0..50, --voice-speed-jitter in [0, 0.5) and "
+                             "--voice-breath-jitter in 0..0.5")
     if not 1 <= k <= args.layers - 3:
         raise ModalflipError(f"--takeover-layer must lie in 1..{args.layers - 3}, got {k}")
     torch.set_num_threads(args.threads)
@@ -523,7 +532,7 @@ def main(argv=None) -> int:
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console) as progress:
-        voice_jitter = VoiceJitter(args.voice_pitch_jitter, args.voice_speed_jitter)
+        voice_jitter = VoiceJitter(args.voice_pitch_jitter, args.voice_speed_jitter, args.voice_breath_jitter)
         train_clips = synthesize("train", args.renders, args.seed, progress, voice_jitter)
         heldout_clips = synthesize("heldout", 1, args.seed + 1, progress)
         # a seeded sample, not a stride: the clips come in blocks of nine styles, so every third clip is three styles
@@ -560,7 +569,8 @@ def main(argv=None) -> int:
         invariance_form=args.invariance_form, audio_lens_weight=objective.audio_lens_weight,
         encoder_layers=model.config.audio_config.encoder_layers,
         init_from=args.init_from, plant=args.plant, renders=args.renders, voice_pitch_jitter=voice_jitter.pitch,
-        voice_speed_jitter=voice_jitter.speed, train_clips=len(train_clips),
+        voice_speed_jitter=voice_jitter.speed, voice_breath_jitter=voice_jitter.breath,
+        train_clips=len(train_clips),
         heldout_clips=len(heldout_clips),
         mix=MIX, audio_wins=AUDIO_WINS, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
