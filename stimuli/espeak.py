@@ -81,6 +81,10 @@ def synthesize_here(ssml: str, voice: str, pitch: int, pitch_range: int, rate: i
     lib.espeak_SetParameter(_VOLUME, 100, 0)
     lib.espeak_SetParameter(_PITCH, pitch, 0)
     lib.espeak_SetParameter(_RANGE, pitch_range, 0)
+    # the breath noise of the breathy variants (f2, f3, f5: `breath` in their voice files) is drawn from the
+    # library's own generator, seeded anew in each process (measured: the same request gave other samples in every
+    # new process, the same within one); a fixed seed makes those voices a function of the arguments too
+    lib.espeak_ng_SetRandSeed(0)
     data = ssml.encode("utf-8") + b"\0"
     chunks = _state["chunks"]
     chunks.clear()

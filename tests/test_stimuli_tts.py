@@ -38,6 +38,19 @@ def test_a_clip_depends_on_its_arguments_alone():
     assert np.array_equal(first, again)
 
 
+def test_a_breathy_voice_speaks_the_same_in_every_process():
+    import hashlib
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from stimuli import tts; "
+            f"print(hashlib.sha1(tts.render({SENTENCE!r}, 'en', 'sad', 'normal', voice='en+f3').tobytes()).hexdigest())")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+            for _ in range(2)}
+    here = hashlib.sha1(tts.render(SENTENCE, "en", "sad", "normal", voice="en+f3").tobytes()).hexdigest()
+    assert runs == {here}
+
+
 def test_an_unknown_voice_is_one_error():
     with pytest.raises(ModalflipError, match="no voice 'xx-nobody'"):
         espeak.synthesize(SENTENCE, "xx-nobody", 50, 20, 160)
