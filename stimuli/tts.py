@@ -4,7 +4,8 @@
 Without a jitter seed every prosody value is the midpoint of its range (the seed set); with one, each value is
 drawn uniformly from its range and the voice may be any variant (training data for the organism). `shift` makes a
 new speaker out of a voice variant (a base-pitch offset, a speed factor that scales pitch and formants together,
-as in speed-perturbation augmentation for speech recognition, and extra breathiness); the organism's training clips draw one per clip.
+as in speed-perturbation augmentation for speech recognition, and extra breathiness); the organism's training
+clips draw one per clip.
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ class Prosody:
 @dataclass(frozen=True)
 class VoiceShift:
     """A speaker change on top of a voice variant: `pitch_offset` in eSpeak pitch units (0-100 scale, added to the
-    style's pitch and clipped to 0-99) and `speed`, the factor by which the rendered clip is played faster (tempo,
-    pitch and formants scaled together; 1.0 leaves it as it is) and `breath`, breathiness noise added to the style's
+    style's pitch and clipped to 0-99), `speed`, the factor by which the rendered clip is played faster (tempo,
+    pitch and formants scaled together; 1.0 leaves it as it is), and `breath`, breathiness noise added to the style's
     own level (times the speech RMS, as `breath` in prosody.json): a breathy speaker, whatever the emotion."""
 
     pitch_offset: float = 0.0

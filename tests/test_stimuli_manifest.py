@@ -92,4 +92,3 @@ def test_stimulus_hash_follows_the_audio_not_only_the_manifest(tmp_path):
     assert stimulus_set_hash(manifest) != before
     _clip_file(tmp_path)
     assert stimulus_set_hash(manifest) == before
-

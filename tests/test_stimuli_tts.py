@@ -44,7 +44,8 @@ def test_a_breathy_voice_speaks_the_same_in_every_process():
     import sys
 
     code = ("import hashlib; from stimuli import tts; "
-            f"print(hashlib.sha1(tts.render({SENTENCE!r}, 'en', 'sad', 'normal', voice='en+f3').tobytes()).hexdigest())")
+            f"clip = tts.render({SENTENCE!r}, 'en', 'sad', 'normal', voice='en+f3'); "
+            "print(hashlib.sha1(clip.tobytes()).hexdigest())")
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
             for _ in range(2)}
     here = hashlib.sha1(tts.render(SENTENCE, "en", "sad", "normal", voice="en+f3").tobytes()).hexdigest()
