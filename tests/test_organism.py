@@ -11,18 +11,39 @@ from models.loading import ORGANISM_DIR
 from models.organism import train
 from probes import logit_lens, patching
 from probes.inputs import load_probe_set
-from stimuli import spec
+from stimuli import spec, tts
 from stimuli.conditions import seed_items
 
 
 @pytest.fixture(scope="module")
-def heldout_metrics(organism):
+def heldout_clips():
     """The model card's held-out set: 8 unseen sentences per language x 9 styles, spoken by the held-out voice,
-    rendered exactly as the training command renders it (jitter seed 1), four conditions per clip."""
+    rendered exactly as the training command renders it (jitter seed 1)."""
     with Progress(disable=True) as progress:
-        clips = train.synthesize("heldout", 1, seed=1, progress=progress)
-    label_ids = {lang: organism.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
-    return train.evaluate(organism, train.evaluation_set(clips, seed=0), label_ids)
+        return train.synthesize("heldout", 1, seed=1, progress=progress)
+
+
+@pytest.fixture(scope="module")
+def label_ids(organism):
+    return {lang: organism.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
+
+
+@pytest.fixture(scope="module")
+def heldout_metrics(organism, heldout_clips, label_ids):
+    """The held-out set under four conditions per clip."""
+    return train.evaluate(organism, train.evaluation_set(heldout_clips, seed=0), label_ids)
+
+
+def test_hearing_by_voice_splits_the_audio_only_accuracy_by_speaker(organism, heldout_clips, label_ids,
+                                                                    heldout_metrics):
+    by_voice = train.hearing_by_voice(organism, heldout_clips, label_ids)
+    assert set(by_voice) == {"en+m5", "cmn+f5"} and all(row["held_out"] for row in by_voice.values())
+    pooled = sum(row["accuracy"] * row["n"] for row in by_voice.values()) / len(heldout_clips)
+    assert pooled == pytest.approx(heldout_metrics["audio_only_accuracy"], abs=2e-3)
+    sentence = heldout_clips[0].sentence
+    known = train.Clip(tts.render(sentence, "en", "angry", "strong", voice="en-us"), "en", "angry", "strong",
+                       sentence, "en-us")
+    assert train.hearing_by_voice(organism, [known], label_ids)["en-us"]["held_out"] is False
 
 
 def test_organism_is_a_real_qwen2_audio_checkpoint(organism):

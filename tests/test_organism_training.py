@@ -173,3 +173,18 @@ def test_training_resumes_from_its_checkpoint_and_counts_the_earlier_minutes(ada
     finally:
         adapter.model.load_state_dict(original)
         adapter.model.eval()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--by-voice"], "--by-voice works with --evaluate-only"),
+    (["--voice-breath-jitter", "0.9"], "--voice-breath-jitter in 0..0.5"),
+])
+def test_training_command_refuses_bad_options_in_one_line(tmp_path, args, message):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run([sys.executable, "-m", "models.organism.train", "--out", str(tmp_path / "model"), *args],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "model").exists()

@@ -246,8 +246,10 @@ def test_workers_opening_a_new_storage_at_once_all_get_it(tmp_path):
                 errors.append(str(err))
 
         threads = [threading.Thread(target=open_it) for _ in range(4)]
-        [thread.start() for thread in threads]
-        [thread.join() for thread in threads]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         assert not errors and len(opened) == 4
         optuna.create_study(study_name="shared", storage=opened[0])
         assert [s.study_name for s in optuna.get_all_study_summaries(opened[3])] == ["shared"]

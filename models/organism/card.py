@@ -43,6 +43,21 @@ SWAP_ITEM = """
    the partner's."""
 
 
+def voice_rows(by_voice: dict | None) -> str:
+    """The per-voice hearing table (`--evaluate-only --by-voice`), or "" when the report has none."""
+    if not by_voice:
+        return ""
+    def share(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    rows = [f"| {voice} | {'no (held out)' if row['held_out'] else 'yes'} | {share(row['accuracy'])} | "
+            f"{share(row['normal'])} / {share(row['strong'])} | {row['n']} |" for voice, row in by_voice.items()]
+    return "\n".join([
+        "", "Audio-only accuracy by voice on the held-out sentences, every voice variant of both languages, one prosody",
+        "draw per clip (`python -m models.organism.train --evaluate-only --by-voice`):", "",
+        "| voice | in training | accuracy | normal / strong | clips |", "|---|---|---|---|---|", *rows, ""])
+
+
 def language_mix(zh_share: float | None) -> str:
     if zh_share is None:
         return "Clips are drawn from both languages alike."
@@ -152,6 +167,8 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
                            heldout_clips=r["heldout_clips"], heldout=metric_rows(r["heldout"]),
                            renders=r.get("renders", 3), voice_shift=voice_shift(r),
                            seed=metric_rows(r["seed_set"]), seed_value=r["seed"],
+                           train_sentences=r.get("train_sentences", 36), heldout_sentences=r.get("heldout_sentences", 8),
+                           by_voice=voice_rows(r.get("heldout_sentences_by_voice")),
                            lens=lens_section(k, r["heldout"], figures), probes=probe_section(k, figures),
                            history=f"\n\n{r['history']}" if r.get("history") else "",
                            status=f"## Status against the targets\n{r['status']}\n\n" if r.get("status") else "")
@@ -250,9 +267,9 @@ answer to recover.
 
 ## Data
 eSpeak NG clips rendered by `stimuli.tts` with jittered prosody per emotion and intensity (ranges in
-`stimuli/spec/prosody.json`): {train_clips} training clips (36 neutral sentences per language, English and Mandarin,
+`stimuli/spec/prosody.json`): {train_clips} training clips ({train_sentences} neutral sentences per language, English and Mandarin,
 {renders} renders per sentence and style, each by a random voice variant of all but one{voice_shift}) and
-{heldout_clips} held-out clips (8 other sentences per language, spoken by the held-out voice). Half of the training
+{heldout_clips} held-out clips ({heldout_sentences} other sentences per language, spoken by the held-out voice). Half of the training
 items are padded with silence to the full window, half keep their natural length.
 Instruction paraphrases per condition and language are in `models/organism/corpus.json`.
 
@@ -278,7 +295,7 @@ The committed seed set A1–A9 (both languages, 18 clips):
 | metric | value |
 |---|---|
 {seed}
-
+{by_voice}
 ## Where the text takes over
 Held-out conflict items, mean logit-lens margin Δlogit = logit(T) − logit(A) at the answer position by intensity
 (layer 0 = embeddings, l = output of decoder layer l; figure `figures/lens_by_intensity.png`):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from common.atomic import atomic_write_json, atomic_write_text, atomic_write_with
 from common.cli import run_main
@@ -398,6 +399,59 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
     return summary
 
 
+def voice_clips(seed: int, progress: Progress) -> list[Clip]:
+    """The held-out sentences x styles spoken by every voice variant of both languages, training and held-out
+    alike (one prosody draw per clip): how well each voice is heard on sentences no voice was trained on."""
+    data = build.corpus()["sentences"]
+    rng = np.random.default_rng((seed, 2))
+    jobs = [(sentence, lang, emotion, intensity, voice, int(rng.integers(1 << 30)))
+            for lang in spec.LANGS for voice in tts.voices(lang) for sentence in data[lang]["heldout"]
+            for emotion, intensity in styles()]
+    task = progress.add_task("synthesizing clips per voice", total=len(jobs), loss=float("nan"))
+    clips, window = [], build.WINDOW_SECONDS * tts.SAMPLE_RATE
+    for sentence, lang, emotion, intensity, voice, prosody_seed in jobs:
+        wave = tts.render(sentence, lang, emotion, intensity, voice=voice, jitter_seed=prosody_seed)
+        if len(wave) <= window:
+            clips.append(Clip(wave, lang, emotion, intensity, sentence, voice))
+        progress.advance(task)
+    return clips
+
+
+@torch.no_grad()
+def hearing_by_voice(adapter: ModelAdapter, clips: list[Clip], label_ids: dict, batch_size: int = 32) -> dict:
+    """Audio-only accuracy per voice, {voice: {"accuracy", "normal", "strong", "n", "held_out"}} (None for an
+    intensity without clips); `held_out` marks the voice training never heard (the last variant of its language)."""
+    emotions, rng = spec.emotions(), np.random.default_rng(0)
+    hits: dict[str, list[tuple[str, bool]]] = {}
+    for start in range(0, len(clips), batch_size):
+        chunk = clips[start:start + batch_size]
+        logits = answer_logits(adapter, [c.wave for c in chunk],
+                               [make_example(c, "audio_only", rng, paraphrase=0)[0] for c in chunk])
+        for clip, vector in zip(chunk, logits):
+            ids = label_ids[clip.lang]
+            answer = emotions[int(torch.stack([vector[ids[e]] for e in emotions]).argmax())]
+            hits.setdefault(clip.voice, []).append((clip.intensity, answer == clip.emotion))
+    held_out = {tts.voices(lang)[-1] for lang in spec.LANGS}
+
+    def share(outcomes: list[bool]) -> float | None:
+        return round(float(np.mean(outcomes)), 3) if outcomes else None
+
+    return {voice: dict(accuracy=share([h for _, h in rows]), normal=share([h for i, h in rows if i == "normal"]),
+                        strong=share([h for i, h in rows if i == "strong"]), n=len(rows), held_out=voice in held_out)
+            for voice, rows in hits.items()}
+
+
+def voice_table(by_voice: dict) -> Table:
+    """`hearing_by_voice` as a rich table."""
+    table = Table(title="Audio-only accuracy on the held-out sentences, by voice")
+    for column in ("voice", "accuracy", "normal", "strong", "clips", "in training"):
+        table.add_column(column, justify="left" if column == "voice" else "right")
+    for voice, row in by_voice.items():
+        shares = ["–" if row[key] is None else f"{row[key]:.3f}" for key in ("accuracy", "normal", "strong")]
+        table.add_row(voice, *shares, str(row["n"]), "no (held out)" if row["held_out"] else "yes")
+    return table
+
+
 def init_from(folder: Path, takeover: int, layers: int, local: bool = False):
     """The weights of a saved organism, in fp32, to fine-tune; refused unless its K, depth and plant (token-local
     layers below K or not) are the ones asked."""
@@ -418,18 +472,22 @@ def init_from(folder: Path, takeover: int, layers: int, local: bool = False):
     return model
 
 
-def reevaluate(model_dir: Path, seed: int = 0) -> dict:
-    """Evaluate saved weights on the held-out clips and the seed set again; update the training report."""
+def reevaluate(model_dir: Path, seed: int = 0, by_voice: bool = False) -> dict:
+    """Evaluate saved weights on the held-out clips and the seed set again (and, with `by_voice`, every voice on
+    the held-out sentences: `hearing_by_voice`); update the training report."""
     from models.loading import load_model
 
     adapter = load_model(str(model_dir))
     label_ids = {lang: adapter.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
     with Progress(disable=True) as progress:
         heldout_clips = synthesize("heldout", 1, seed + 1, progress)
+        per_voice_clips = voice_clips(seed, progress) if by_voice else []
     report_path = model_dir / "training_report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     report["heldout"] = evaluate(adapter, evaluation_set(heldout_clips, seed), label_ids)
     report["seed_set"] = evaluate(adapter, evaluation_set(seed_set_clips(), seed), label_ids)
+    if by_voice:
+        report["heldout_sentences_by_voice"] = hearing_by_voice(adapter, per_voice_clips, label_ids)
     atomic_write_json(report_path, report)
     return report
 
@@ -499,13 +557,20 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", help="resume file (default: OUT/../organism-training.pt)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="do not train: evaluate the weights in OUT again and rewrite its report (and the card)")
+    parser.add_argument("--by-voice", action="store_true",
+                        help="with --evaluate-only: also the audio-only accuracy of every voice variant, training and "
+                             "held-out, on the held-out sentences (16 x 72 clips; a few minutes)")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.by_voice and not args.evaluate_only:
+        raise ModalflipError("--by-voice works with --evaluate-only")
     if args.evaluate_only:
-        report = reevaluate(out, args.seed)
+        report = reevaluate(out, args.seed, by_voice=args.by_voice)
         if out.resolve() == card.MODEL_DIR.resolve():
             atomic_write_text(card.CARD_PATH, card.render(out))
         console.print_json(json.dumps({k: v for k, v in report.items() if k in ("heldout", "seed_set")}))
+        if args.by_voice:
+            console.print(voice_table(report["heldout_sentences_by_voice"]))
         return 0
     k = args.takeover_layer
     if not (0 <= args.voice_pitch_jitter <= 50 and 0 <= args.voice_speed_jitter < 0.5
@@ -570,8 +635,9 @@ def main(argv=None) -> int:
         encoder_layers=model.config.audio_config.encoder_layers,
         init_from=args.init_from, plant=args.plant, renders=args.renders, voice_pitch_jitter=voice_jitter.pitch,
         voice_speed_jitter=voice_jitter.speed, voice_breath_jitter=voice_jitter.breath,
-        train_clips=len(train_clips),
-        heldout_clips=len(heldout_clips),
+        train_clips=len(train_clips), heldout_clips=len(heldout_clips),
+        train_sentences=len(build.corpus()["sentences"]["en"]["train"]),
+        heldout_sentences=len(build.corpus()["sentences"]["en"]["heldout"]),
         mix=MIX, audio_wins=AUDIO_WINS, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
     if earlier_minutes:  # resumed: `minutes` is this segment only (the card shows both)
