@@ -178,6 +178,7 @@ def test_training_resumes_from_its_checkpoint_and_counts_the_earlier_minutes(ada
 @pytest.mark.parametrize("args, message", [
     (["--by-voice"], "--by-voice works with --evaluate-only"),
     (["--voice-breath-jitter", "0.9"], "--voice-breath-jitter in 0..0.5"),
+    (["--train-sentences", "0"], "--train-sentences must lie in 1.."),
 ])
 def test_training_command_refuses_bad_options_in_one_line(tmp_path, args, message):
     import subprocess
@@ -188,3 +189,15 @@ def test_training_command_refuses_bad_options_in_one_line(tmp_path, args, messag
                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert not (tmp_path / "model").exists()
+
+
+def test_train_sentences_speaks_the_first_sentences_of_each_language():
+    from rich.progress import Progress
+
+    from models.organism import build
+
+    with Progress(disable=True) as progress:
+        clips = train.synthesize("train", 1, seed=0, progress=progress, sentences=1)
+    first = {lang: build.corpus()["sentences"][lang]["train"][0] for lang in spec.LANGS}
+    assert {(c.lang, c.sentence) for c in clips} == set(first.items())
+    assert sorted((c.emotion, c.intensity) for c in clips) == sorted(train.styles() * 2)

@@ -75,17 +75,18 @@ class VoiceJitter:
 
 
 def synthesize(split: str, renders: int, seed: int, progress: Progress,
-               jitter: VoiceJitter = VoiceJitter()) -> list[Clip]:
-    """Clips of every (sentence, style) of `split`; train uses all voices but the last, held-out only the last.
-    `jitter` moves each clip's speaker (meant for the training split; its draws come from their own generator, so
-    the sentences, voices and prosody drawn are the same with and without it)."""
+               jitter: VoiceJitter = VoiceJitter(), sentences: int | None = None) -> list[Clip]:
+    """Clips of every (sentence, style) of `split`, the first `sentences` of each language (None: all); train uses
+    all voices but the last, held-out only the last. `jitter` moves each clip's speaker (meant for the training
+    split; its draws come from their own generator, so the sentences, voices and prosody drawn are the same with and
+    without it)."""
     data = build.corpus()["sentences"]
     rng, shifts = np.random.default_rng(seed), np.random.default_rng((seed, 1))
     jobs = []
     for lang in spec.LANGS:
         voices = tts.voices(lang)
         pool = voices[:-1] if split == "train" else voices[-1:]
-        for sentence in data[lang][split]:
+        for sentence in data[lang][split][:sentences]:
             for emotion, intensity in styles():
                 for _ in range(renders):
                     jobs.append((sentence, lang, emotion, intensity, str(rng.choice(pool)), int(rng.integers(1 << 30)),
@@ -536,6 +537,9 @@ def main(argv=None) -> int:
     parser.add_argument("--init-from", help="start from the weights of this organism folder instead of a random "
                                             "initialisation (a fine-tune; the report records it)")
     parser.add_argument("--monitor-every", type=int, default=100, help="checkpoint and monitor every N steps")
+    parser.add_argument("--train-sentences", type=int, default=36,
+                        help="speak the first N training sentences of each language in models/organism/corpus.json "
+                             "(the shipped weights: 36)")
     parser.add_argument("--renders", type=int, default=3,
                         help="renders per training sentence and style (each a random voice variant and prosody "
                              "draw; the shipped weights: 3)")
@@ -577,6 +581,10 @@ def main(argv=None) -> int:
             and 0 <= args.voice_breath_jitter <= 0.5):
         raise ModalflipError("--voice-pitch-jitter must lie in 0..50, --voice-speed-jitter in [0, 0.5) and "
                              "--voice-breath-jitter in 0..0.5")
+    available = min(len(build.corpus()["sentences"][lang]["train"]) for lang in spec.LANGS)
+    if not 1 <= args.train_sentences <= available:
+        raise ModalflipError(f"--train-sentences must lie in 1..{available} (the training sentences per language in "
+                             f"{build.CORPUS}), got {args.train_sentences}")
     if not 1 <= k <= args.layers - 3:
         raise ModalflipError(f"--takeover-layer must lie in 1..{args.layers - 3}, got {k}")
     torch.set_num_threads(args.threads)
@@ -598,7 +606,7 @@ def main(argv=None) -> int:
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console) as progress:
         voice_jitter = VoiceJitter(args.voice_pitch_jitter, args.voice_speed_jitter, args.voice_breath_jitter)
-        train_clips = synthesize("train", args.renders, args.seed, progress, voice_jitter)
+        train_clips = synthesize("train", args.renders, args.seed, progress, voice_jitter, args.train_sentences)
         heldout_clips = synthesize("heldout", 1, args.seed + 1, progress)
         # a seeded sample, not a stride: the clips come in blocks of nine styles, so every third clip is three styles
         sample = np.random.default_rng(args.seed).permutation(len(heldout_clips))
@@ -636,7 +644,7 @@ def main(argv=None) -> int:
         init_from=args.init_from, plant=args.plant, renders=args.renders, voice_pitch_jitter=voice_jitter.pitch,
         voice_speed_jitter=voice_jitter.speed, voice_breath_jitter=voice_jitter.breath,
         train_clips=len(train_clips), heldout_clips=len(heldout_clips),
-        train_sentences=len(build.corpus()["sentences"]["en"]["train"]),
+        train_sentences=args.train_sentences,
         heldout_sentences=len(build.corpus()["sentences"]["en"]["heldout"]),
         mix=MIX, audio_wins=AUDIO_WINS, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
