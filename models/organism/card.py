@@ -47,6 +47,7 @@ def voice_rows(by_voice: dict | None) -> str:
     """The per-voice hearing table (`--evaluate-only --by-voice`), or "" when the report has none."""
     if not by_voice:
         return ""
+
     def share(value: float | None) -> str:
         return "–" if value is None else f"{value:.3f}"
 

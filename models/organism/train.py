@@ -91,7 +91,13 @@ def synthesize(split: str, renders: int, seed: int, progress: Progress,
                 for _ in range(renders):
                     jobs.append((sentence, lang, emotion, intensity, str(rng.choice(pool)), int(rng.integers(1 << 30)),
                                  jitter.draw(shifts)))
-    task = progress.add_task(f"synthesizing {split} clips", total=len(jobs), loss=float("nan"))
+    return render_clips(jobs, f"synthesizing {split} clips", progress)
+
+
+def render_clips(jobs: list[tuple], description: str, progress: Progress) -> list[Clip]:
+    """Render (sentence, lang, emotion, intensity, voice, prosody seed, voice shift) jobs, dropping clips longer
+    than the model window, with a progress task."""
+    task = progress.add_task(description, total=len(jobs), loss=float("nan"))
     clips = []
     window = build.WINDOW_SECONDS * tts.SAMPLE_RATE
     for sentence, lang, emotion, intensity, voice, prosody_seed, shift in jobs:
@@ -354,11 +360,16 @@ def evaluation_set(clips: list[Clip], seed: int) -> list[dict]:
     return rows
 
 
+def named_emotion(vector: torch.Tensor, ids: dict[str, int]) -> str:
+    """The emotion whose label token has the largest of the full-vocabulary logits `vector`."""
+    emotions = spec.emotions()
+    return emotions[int(torch.stack([vector[ids[e]] for e in emotions]).argmax())]
+
+
 @torch.no_grad()
 def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_size: int = 32) -> dict:
     """Accuracy per condition, P(answer = T) and the margin logit(T) - logit(A) on conflict items by intensity, and
     the conflict items' mean logit-lens margin per layer by intensity with the layer of its largest rise."""
-    emotions = spec.emotions()
     results = {"audio_only": [], "consistent": [], "voice": [], "conflict": []}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
@@ -369,8 +380,7 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
         resid_at_answer = torch.stack([r[at_answer] for r in trace.resid], dim=1)  # (chunk, layers + 1, d_model)
         for index, (row, vector) in enumerate(zip(chunk, logits)):
             ids = label_ids[row["clip"].lang]
-            label_logits = torch.stack([vector[ids[e]] for e in emotions])
-            answer = emotions[int(label_logits.argmax())]
+            answer = named_emotion(vector, ids)
             clip = row["clip"]
             outcome = dict(intensity=clip.intensity, lang=clip.lang, audio=clip.emotion, text=row["text"], answer=answer,
                            margin=float(vector[ids[row["text"]]] - vector[ids[clip.emotion]]) if row["text"] else 0.0)
@@ -405,32 +415,24 @@ def voice_clips(seed: int, progress: Progress) -> list[Clip]:
     alike (one prosody draw per clip): how well each voice is heard on sentences no voice was trained on."""
     data = build.corpus()["sentences"]
     rng = np.random.default_rng((seed, 2))
-    jobs = [(sentence, lang, emotion, intensity, voice, int(rng.integers(1 << 30)))
+    jobs = [(sentence, lang, emotion, intensity, voice, int(rng.integers(1 << 30)), tts.VoiceShift())
             for lang in spec.LANGS for voice in tts.voices(lang) for sentence in data[lang]["heldout"]
             for emotion, intensity in styles()]
-    task = progress.add_task("synthesizing clips per voice", total=len(jobs), loss=float("nan"))
-    clips, window = [], build.WINDOW_SECONDS * tts.SAMPLE_RATE
-    for sentence, lang, emotion, intensity, voice, prosody_seed in jobs:
-        wave = tts.render(sentence, lang, emotion, intensity, voice=voice, jitter_seed=prosody_seed)
-        if len(wave) <= window:
-            clips.append(Clip(wave, lang, emotion, intensity, sentence, voice))
-        progress.advance(task)
-    return clips
+    return render_clips(jobs, "synthesizing clips per voice", progress)
 
 
 @torch.no_grad()
 def hearing_by_voice(adapter: ModelAdapter, clips: list[Clip], label_ids: dict, batch_size: int = 32) -> dict:
     """Audio-only accuracy per voice, {voice: {"accuracy", "normal", "strong", "n", "held_out"}} (None for an
     intensity without clips); `held_out` marks the voice training never heard (the last variant of its language)."""
-    emotions, rng = spec.emotions(), np.random.default_rng(0)
+    rng = np.random.default_rng(0)
     hits: dict[str, list[tuple[str, bool]]] = {}
     for start in range(0, len(clips), batch_size):
         chunk = clips[start:start + batch_size]
         logits = answer_logits(adapter, [c.wave for c in chunk],
                                [make_example(c, "audio_only", rng, paraphrase=0)[0] for c in chunk])
         for clip, vector in zip(chunk, logits):
-            ids = label_ids[clip.lang]
-            answer = emotions[int(torch.stack([vector[ids[e]] for e in emotions]).argmax())]
+            answer = named_emotion(vector, label_ids[clip.lang])
             hits.setdefault(clip.voice, []).append((clip.intensity, answer == clip.emotion))
     held_out = {tts.voices(lang)[-1] for lang in spec.LANGS}
 
