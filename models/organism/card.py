@@ -43,16 +43,18 @@ SWAP_ITEM = """
    the partner's."""
 
 
+def share_text(value: float | None) -> str:
+    """A share to three decimals, "–" for None (no items)."""
+    return "–" if value is None else f"{value:.3f}"
+
+
 def voice_rows(by_voice: dict | None) -> str:
     """The per-voice hearing table (`--evaluate-only --by-voice`), or "" when the report has none."""
     if not by_voice:
         return ""
-
-    def share(value: float | None) -> str:
-        return "–" if value is None else f"{value:.3f}"
-
-    rows = [f"| {voice} | {'no (held out)' if row['held_out'] else 'yes'} | {share(row['accuracy'])} | "
-            f"{share(row['normal'])} / {share(row['strong'])} | {row['n']} |" for voice, row in by_voice.items()]
+    rows = [f"| {voice} | {'no (held out)' if row['held_out'] else 'yes'} | {share_text(row['accuracy'])} | "
+            f"{share_text(row['normal'])} / {share_text(row['strong'])} | {row['n']} |"
+            for voice, row in by_voice.items()]
     return "\n".join([
         "", "Audio-only accuracy by voice on the held-out sentences, every voice variant of both languages, one prosody",
         "draw per clip (`python -m models.organism.train --evaluate-only --by-voice`):", "",

@@ -450,7 +450,7 @@ def voice_table(by_voice: dict) -> Table:
     for column in ("voice", "accuracy", "normal", "strong", "clips", "in training"):
         table.add_column(column, justify="left" if column == "voice" else "right")
     for voice, row in by_voice.items():
-        shares = ["–" if row[key] is None else f"{row[key]:.3f}" for key in ("accuracy", "normal", "strong")]
+        shares = [card.share_text(row[key]) for key in ("accuracy", "normal", "strong")]
         table.add_row(voice, *shares, str(row["n"]), "no (held out)" if row["held_out"] else "yes")
     return table
 
