@@ -33,15 +33,21 @@ _lock = threading.Lock()
 _state: dict = {}
 
 
+def _loader():
+    """The `espeakng_loader` module, which knows where the wheel put the library and its data."""
+    try:
+        import espeakng_loader
+    except ImportError:
+        raise ModalflipError(
+            "the eSpeak NG backend needs the 'espeakng-loader' package: pip install espeakng-loader"
+        ) from None
+    return espeakng_loader
+
+
 def _library() -> tuple[ctypes.CDLL, int]:
     """The library, loaded and initialised in this process (the worker's), and its sample rate."""
     if "lib" not in _state:
-        try:
-            import espeakng_loader
-        except ImportError:
-            raise ModalflipError(
-                "the eSpeak NG backend needs the 'espeakng-loader' package: pip install espeakng-loader"
-            ) from None
+        espeakng_loader = _loader()
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_Initialize.restype = ctypes.c_int
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
@@ -64,6 +70,12 @@ def _library() -> tuple[ctypes.CDLL, int]:
         lib.espeak_SetSynthCallback(callback)
         _state.update(lib=lib, rate=rate, chunks=chunks, callback=callback)
     return _state["lib"], _state["rate"]
+
+
+def variants() -> list[str]:
+    """The names of the voice variants eSpeak NG ships (files in `espeak-ng-data/voices/!v`), for `LANG+NAME`."""
+    return sorted(path.name for path in Path(_loader().get_data_path(), "voices", "!v").iterdir()
+                  if path.is_file())
 
 
 def initialise_here() -> int:

@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from common.errors import ModalflipError
 from stimuli import effects, espeak
 from stimuli.spec import SPEC_DIR, check_emotion, check_lang
 
@@ -62,6 +63,14 @@ def style_key(emotion: str, intensity: str) -> str:
 
 def voices(lang: str) -> list[str]:
     return list(_prosody_spec()["voices"][check_lang(lang)]["variants"])
+
+
+def variant_voice(lang: str, variant: str) -> str:
+    """The language's seed voice spoken with one of eSpeak NG's voice variants (`espeak.variants()`), e.g.
+    `cmn+Alicia`: a speaker beyond the ones `voices` lists."""
+    if variant not in espeak.variants():
+        raise ModalflipError(f"eSpeak NG has no voice variant {variant!r}; it has {', '.join(espeak.variants())}")
+    return f"{_prosody_spec()['voices'][check_lang(lang)]['seed']}+{variant}"
 
 
 def draw_prosody(emotion: str, intensity: str, rng: np.random.Generator | None) -> Prosody:

@@ -75,9 +75,11 @@ class VoiceJitter:
 
 
 def synthesize(split: str, renders: int, seed: int, progress: Progress,
-               jitter: VoiceJitter = VoiceJitter(), sentences: int | None = None) -> list[Clip]:
+               jitter: VoiceJitter = VoiceJitter(), sentences: int | None = None,
+               extra_voices: tuple[str, ...] = ()) -> list[Clip]:
     """Clips of every (sentence, style) of `split`, the first `sentences` of each language (None: all); train uses
-    all voices but the last, held-out only the last. `jitter` moves each clip's speaker (meant for the training
+    all voices but the last, plus each language's seed voice with the eSpeak variants `extra_voices`
+    (`tts.variant_voice`), held-out only the last. `jitter` moves each clip's speaker (meant for the training
     split; its draws come from their own generator, so the sentences, voices and prosody drawn are the same with and
     without it)."""
     data = build.corpus()["sentences"]
@@ -85,7 +87,7 @@ def synthesize(split: str, renders: int, seed: int, progress: Progress,
     jobs = []
     for lang in spec.LANGS:
         voices = tts.voices(lang)
-        pool = voices[:-1] if split == "train" else voices[-1:]
+        pool = voices[:-1] + [tts.variant_voice(lang, v) for v in extra_voices] if split == "train" else voices[-1:]
         for sentence in data[lang][split][:sentences]:
             for emotion, intensity in styles():
                 for _ in range(renders):
@@ -555,6 +557,9 @@ def main(argv=None) -> int:
                         help="each training clip gets up to this much extra breathiness noise (times the speech RMS; "
                              "the styles' own levels are 0-0.12): breathy speakers for every emotion, as the held-out "
                              "Mandarin voice cmn+f5 is")
+    parser.add_argument("--extra-voices", default="",
+                        help="comma-separated eSpeak NG voice variants (e.g. Alicia,victor) whose speakers join the "
+                             "training voices of both languages; the held-out voices stay held out")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto",
                         help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ... The shipped weights were trained "
@@ -583,6 +588,12 @@ def main(argv=None) -> int:
             and 0 <= args.voice_breath_jitter <= 0.5):
         raise ModalflipError("--voice-pitch-jitter must lie in 0..50, --voice-speed-jitter in [0, 0.5) and "
                              "--voice-breath-jitter in 0..0.5")
+    extra_voices = tuple(v for v in args.extra_voices.split(",") if v)
+    held_out = {tts.voices(lang)[-1].split("+")[-1] for lang in spec.LANGS}
+    for variant in extra_voices:
+        tts.variant_voice("en", variant)
+        if variant in held_out:
+            raise ModalflipError(f"--extra-voices {variant}: that is a held-out voice variant ({', '.join(held_out)})")
     available = min(len(build.corpus()["sentences"][lang]["train"]) for lang in spec.LANGS)
     if not 1 <= args.train_sentences <= available:
         raise ModalflipError(f"--train-sentences must lie in 1..{available} (the training sentences per language in "
@@ -608,7 +619,8 @@ def main(argv=None) -> int:
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console) as progress:
         voice_jitter = VoiceJitter(args.voice_pitch_jitter, args.voice_speed_jitter, args.voice_breath_jitter)
-        train_clips = synthesize("train", args.renders, args.seed, progress, voice_jitter, args.train_sentences)
+        train_clips = synthesize("train", args.renders, args.seed, progress, voice_jitter, args.train_sentences,
+                                 extra_voices)
         heldout_clips = synthesize("heldout", 1, args.seed + 1, progress)
         # a seeded sample, not a stride: the clips come in blocks of nine styles, so every third clip is three styles
         sample = np.random.default_rng(args.seed).permutation(len(heldout_clips))
@@ -646,7 +658,7 @@ def main(argv=None) -> int:
         init_from=args.init_from, plant=args.plant, renders=args.renders, voice_pitch_jitter=voice_jitter.pitch,
         voice_speed_jitter=voice_jitter.speed, voice_breath_jitter=voice_jitter.breath,
         train_clips=len(train_clips), heldout_clips=len(heldout_clips),
-        train_sentences=args.train_sentences,
+        train_sentences=args.train_sentences, extra_voices=list(extra_voices),
         heldout_sentences=len(build.corpus()["sentences"]["en"]["heldout"]),
         mix=MIX, audio_wins=AUDIO_WINS, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
