@@ -179,6 +179,8 @@ def test_training_resumes_from_its_checkpoint_and_counts_the_earlier_minutes(ada
     (["--by-voice"], "--by-voice works with --evaluate-only"),
     (["--voice-breath-jitter", "0.9"], "--voice-breath-jitter in 0..0.5"),
     (["--train-sentences", "0"], "--train-sentences must lie in 1.."),
+    (["--extra-voices", "victor,nobody"], "no voice variant 'nobody'"),
+    (["--extra-voices", "m5"], "--extra-voices m5: that is a held-out voice variant"),
 ])
 def test_training_command_refuses_bad_options_in_one_line(tmp_path, args, message):
     import subprocess
@@ -201,3 +203,16 @@ def test_train_sentences_speaks_the_first_sentences_of_each_language():
     first = {lang: build.corpus()["sentences"][lang]["train"][0] for lang in spec.LANGS}
     assert {(c.lang, c.sentence) for c in clips} == set(first.items())
     assert sorted((c.emotion, c.intensity) for c in clips) == sorted(train.styles() * 2)
+
+
+def test_extra_voices_join_the_training_speakers_and_not_the_held_out_ones():
+    from rich.progress import Progress
+
+    with Progress(disable=True) as progress:
+        clips = train.synthesize("train", 2, seed=0, progress=progress, sentences=2, extra_voices=("victor",))
+        heldout = train.synthesize("heldout", 1, seed=1, progress=progress, extra_voices=("victor",))
+    for lang in spec.LANGS:
+        speakers = {c.voice for c in clips if c.lang == lang}
+        assert tts.variant_voice(lang, "victor") in speakers
+        assert speakers <= set(tts.voices(lang)[:-1]) | {tts.variant_voice(lang, "victor")}
+    assert {c.voice for c in heldout} == {tts.voices(lang)[-1] for lang in spec.LANGS}

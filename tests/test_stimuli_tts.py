@@ -58,6 +58,16 @@ def test_an_unknown_voice_is_one_error():
     assert len(espeak.synthesize(SENTENCE, "en-us", 50, 20, 160)) > 0  # the worker survives it
 
 
+def test_a_voice_variant_is_checked_because_espeak_ignores_an_unknown_one():
+    seed_voice = tts.render(SENTENCE, "en", "neutral", "normal")
+    assert np.array_equal(tts.render(SENTENCE, "en", "neutral", "normal", voice="en-us+nobody"), seed_voice)
+    with pytest.raises(ModalflipError, match="no voice variant 'nobody'"):
+        tts.variant_voice("en", "nobody")
+    assert tts.variant_voice("zh", "victor") == "cmn+victor"
+    victor = tts.render(SENTENCE, "en", "neutral", "normal", voice=tts.variant_voice("en", "victor"))
+    assert not np.array_equal(victor, seed_voice)
+
+
 def test_no_shift_is_the_voice_itself():
     plain = tts.render(SENTENCE, "en", "neutral", "normal")
     assert np.array_equal(tts.render(SENTENCE, "en", "neutral", "normal", shift=tts.VoiceShift(0.0, 1.0)), plain)
