@@ -152,6 +152,19 @@ def test_init_from_starts_from_the_shipped_weights_in_fp32(organism):
     assert all(p.dtype == torch.float32 and torch.equal(p, shipped[name]) for name, p in model.named_parameters())
 
 
+def test_a_fine_tuned_report_keeps_the_recipe_of_the_weights_it_started_from(tmp_path):
+    import json
+
+    from models.organism import card
+
+    shipped = json.loads((card.MODEL_DIR / "training_report.json").read_text())
+    base = train.base_recipe(card.MODEL_DIR)
+    assert {key: base[key] for key in ("steps", "lr", "seed", "takeover_layer")} == \
+        {key: shipped[key] for key in ("steps", "lr", "seed", "takeover_layer")}
+    assert not {"heldout", "seed_set", "status"} & set(base)
+    assert train.base_recipe(tmp_path) is None
+
+
 def test_training_resumes_from_its_checkpoint_and_counts_the_earlier_minutes(adapter, tmp_path):
     """A run stopped after 2 steps and rerun with 3 continues at step 3 with the saved losses, and reports the wall
     minutes of the first segment (which the report adds to its own as `minutes_all_segments`)."""

@@ -477,6 +477,17 @@ def init_from(folder: Path, takeover: int, layers: int, local: bool = False):
     return model
 
 
+def base_recipe(folder: Path) -> dict | None:
+    """The training report of the organism a run started from (`--init-from`), without its evaluations (they are
+    of other weights), so that a fine-tuned model's report says how to make it from scratch; None if it has none."""
+    path = folder / "training_report.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return {key: value for key, value in report.items()
+            if key not in ("heldout", "seed_set", "heldout_sentences_by_voice", "status")}
+
+
 def reevaluate(model_dir: Path, seed: int = 0, by_voice: bool = False) -> dict:
     """Evaluate saved weights on the held-out clips and the seed set again (and, with `by_voice`, every voice on
     the held-out sentences: `hearing_by_voice`); update the training report."""
@@ -662,6 +673,8 @@ def main(argv=None) -> int:
         heldout_sentences=len(build.corpus()["sentences"]["en"]["heldout"]),
         mix=MIX, audio_wins=AUDIO_WINS, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
+    if args.init_from:
+        report["base"] = base_recipe(Path(args.init_from))
     if earlier_minutes:  # resumed: `minutes` is this segment only (the card shows both)
         report["minutes_all_segments"] = round(earlier_minutes + minutes, 1)
     atomic_write_json(out / "training_report.json", report)
