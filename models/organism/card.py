@@ -81,6 +81,34 @@ def voice_shift(report: dict) -> str:
     return ", " + (shifts[0] if len(shifts) == 1 else ", ".join(shifts[:-1]) + " and " + shifts[-1])
 
 
+def machine(report: dict) -> str:
+    """Where a training run ran, in words."""
+    device = report.get("device", "cpu")  # reports before the --device option were all written on the CPU
+    return (f"on this project's 2-core machine, {report['threads']} CPU threads" if device == "cpu"
+            else f"on a GPU ({device}); the CPU gives other weights from the same seed")
+
+
+def fine_tune_section(report: dict) -> str:
+    """The second stage of a model fine-tuned from an earlier organism (`--init-from`, the report has `base`): its
+    command and data in words; "" for a model trained in one stage."""
+    if "base" not in report:
+        return ""
+    extra = report.get("extra_voices", [])
+    shift = [f"--voice-{name}-jitter {report[f'voice_{name}_jitter']:g}" for name in ("pitch", "speed", "breath")
+             if report.get(f"voice_{name}_jitter")]
+    options = " ".join([f"--extra-voices {','.join(extra)}" if extra else "",
+                        f"--train-sentences {report['train_sentences']} --renders {report['renders']}", *shift,
+                        f"--steps {report['steps']} --lr {report['lr']:g}"])
+    speakers = (f" and {len(extra)} more eSpeak NG variants per language ({', '.join(extra)}), speakers the stage-1 "
+                "voices do not cover; the held-out voices stay held out" if extra else "")
+    return (f"\n\n**Stage 2: fine-tuning.** `python -m models.organism.train --init-from STAGE1 {options}` "
+            f"({report['minutes']} minutes {machine(report)}), where STAGE1 is the folder the command above wrote: its "
+            f"weights, trained further with the same mix and loss ({report['steps']} steps, peak learning rate "
+            f"{report['lr']:g}, a fresh optimizer) on {report['train_clips']} new clips ({report['train_sentences']} "
+            f"sentences per language, {report['renders']} renders per sentence and style{voice_shift(report)}), "
+            f"spoken by the stage-1 voices{speakers}.")
+
+
 def shown_layers(k: int, n_layers: int) -> list[int]:
     return sorted({0, 1, 4, 8, 12, k - 2, k - 1, k, k + 1, k + 2, k + 4, 24, 28, n_layers} & set(range(n_layers + 1)))
 
@@ -150,7 +178,8 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
     report_path = model_dir / "training_report.json"
     if not report_path.exists():
         raise ModalflipError(f"no training report at {report_path}: train first (python -m models.organism.train)")
-    r = json.loads(report_path.read_text())
+    final = json.loads(report_path.read_text())
+    r = final.get("base") or final  # the recipe of the weights' first stage; the evaluations are the final ones'
     k = r["takeover_layer"]
     recipe = LOCAL_RECIPE if r.get("plant") == "local" else OBJECTIVE_RECIPE
     template = CARD.replace("{recipe}", recipe)
@@ -158,23 +187,21 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
     if "minutes_all_segments" in r:  # a resumed run: `minutes` is its last segment only
         minutes = f"{r['minutes_all_segments']} minutes of wall time in all, the last segment {r['minutes']}"
     config = json.loads((model_dir / "config.json").read_text())
-    device = r.get("device", "cpu")  # reports before the --device option were all written on the CPU
-    machine = (f"on this project's 2-core machine, {r['threads']} CPU threads" if device == "cpu"
-               else f"on a GPU ({device}); the CPU gives other weights from the same seed")
-    return template.format(machine=machine, k=k, encoder_layers=config["audio_config"]["encoder_layers"], k1=k - 1,
+    history = (f"\n\n{r['history']}" if r.get("history") else "") + fine_tune_section(final)
+    return template.format(machine=machine(r), k=k, encoder_layers=config["audio_config"]["encoder_layers"], k1=k - 1,
                            k2=k + r["settle"], k3=k + 3, minutes=minutes,
                            steps=r["steps"], batch=r["batch_size"], lr=r["lr"], lens_weight=r["lens_weight"],
                            audio_lens_weight=r.get("audio_lens_weight", 0.0), weight=r["invariance_weight"],
                            swap_item=SWAP_ITEM.format(weight=r["swap_weight"], k=k) if r.get("swap_weight") else "",
                            zh_share=language_mix(r.get("zh_share")), train_clips=r["train_clips"],
-                           heldout_clips=r["heldout_clips"], heldout=metric_rows(r["heldout"]),
+                           heldout_clips=r["heldout_clips"], heldout=metric_rows(final["heldout"]),
                            renders=r.get("renders", 3), voice_shift=voice_shift(r),
-                           seed=metric_rows(r["seed_set"]), seed_value=r["seed"],
+                           seed=metric_rows(final["seed_set"]), seed_value=r["seed"],
                            train_sentences=r.get("train_sentences", 36), heldout_sentences=r.get("heldout_sentences", 8),
-                           by_voice=voice_rows(r.get("heldout_sentences_by_voice")),
-                           lens=lens_section(k, r["heldout"], figures), probes=probe_section(k, figures),
-                           history=f"\n\n{r['history']}" if r.get("history") else "",
-                           status=f"## Status against the targets\n{r['status']}\n\n" if r.get("status") else "")
+                           by_voice=voice_rows(final.get("heldout_sentences_by_voice")),
+                           lens=lens_section(k, final["heldout"], figures), probes=probe_section(k, figures),
+                           history=history,
+                           status=f"## Status against the targets\n{final['status']}\n\n" if final.get("status") else "")
 
 
 def main(argv=None) -> int:
