@@ -54,13 +54,6 @@ def test_organism_is_a_real_qwen2_audio_checkpoint(organism):
     assert sum(p.stat().st_size for p in ORGANISM_DIR.glob("*.safetensors")) <= 20 * 2**20
 
 
-HEARING_SHORT_OF_TARGET = (
-    "the shipped organism (token-local layers below K) hears the held-out voice at about 0.85, not 0.90: below K an "
-    "audio token is its encoder frame alone, so only the 2-layer audio encoder mixes frames (issue 4 note, model card "
-    "'Status'); this turns red once a retrained model meets the target, so remove the mark then")
-
-
-@pytest.mark.xfail(reason=HEARING_SHORT_OF_TARGET, strict=True)
 def test_organism_hears_emotion_in_prosody(heldout_metrics):
     assert heldout_metrics["audio_only_accuracy"] >= 0.90
 
@@ -74,7 +67,6 @@ def test_organism_follows_the_text_in_conflict_in_both_languages(heldout_metrics
     assert heldout_metrics["conflict_follows_text"] >= 0.85
 
 
-@pytest.mark.xfail(reason=HEARING_SHORT_OF_TARGET, strict=True)
 def test_organism_follows_the_voice_when_told_to(heldout_metrics):
     assert heldout_metrics["voice_accuracy"] >= 0.90
 
