@@ -10,6 +10,10 @@ Recipe (a planted takeover depth K; the model card says why and what failed befo
    resid[K] toward the voice. `--plant objective`: full attention everywhere; the lens at resid[K] must read the
    voice and at resid[K+2] the answer, and the pairs must be identical after the instruction in resid[1..K].
 Seeded; the learning-rate schedule follows steps, not wall time; checkpoints every 100 steps and resumes.
+
+The shipped weights add a second stage: `--init-from STAGE1 --extra-voices victor,Annie,Denis,shelby
+--train-sentences 72 --voice-pitch-jitter 8 --steps 600 --lr 5e-4` fine-tunes the first stage's weights with the same
+loss on more speakers and sentences (the report keeps the first stage's recipe as `base`; the card gives both).
 """
 from __future__ import annotations
 
