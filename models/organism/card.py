@@ -96,7 +96,7 @@ def fine_tune_section(report: dict) -> str:
     extra = report.get("extra_voices", [])
     shift = [f"--voice-{name}-jitter {report[f'voice_{name}_jitter']:g}" for name in ("pitch", "speed", "breath")
              if report.get(f"voice_{name}_jitter")]
-    options = " ".join([f"--extra-voices {','.join(extra)}" if extra else "",
+    options = " ".join([*([f"--extra-voices {','.join(extra)}"] if extra else []),
                         f"--train-sentences {report['train_sentences']} --renders {report['renders']}", *shift,
                         f"--steps {report['steps']} --lr {report['lr']:g}"])
     speakers = (f" and {len(extra)} more eSpeak NG variants per language ({', '.join(extra)}), speakers the stage-1 "

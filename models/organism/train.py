@@ -606,7 +606,7 @@ def main(argv=None) -> int:
     extra_voices = tuple(v for v in args.extra_voices.split(",") if v)
     held_out = {tts.voices(lang)[-1].split("+")[-1] for lang in spec.LANGS}
     for variant in extra_voices:
-        tts.variant_voice("en", variant)
+        tts.variant_voice("en", variant)  # refuses a variant eSpeak NG does not ship
         if variant in held_out:
             raise ModalflipError(f"--extra-voices {variant}: that is a held-out voice variant ({', '.join(held_out)})")
     available = min(len(build.corpus()["sentences"][lang]["train"]) for lang in spec.LANGS)
