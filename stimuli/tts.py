@@ -68,8 +68,9 @@ def voices(lang: str) -> list[str]:
 def variant_voice(lang: str, variant: str) -> str:
     """The language's seed voice spoken with one of eSpeak NG's voice variants (`espeak.variants()`), e.g.
     `cmn+Alicia`: a speaker beyond the ones `voices` lists."""
-    if variant not in espeak.variants():
-        raise ModalflipError(f"eSpeak NG has no voice variant {variant!r}; it has {', '.join(espeak.variants())}")
+    shipped = espeak.variants()
+    if variant not in shipped:
+        raise ModalflipError(f"eSpeak NG has no voice variant {variant!r}; it has {', '.join(shipped)}")
     return f"{_prosody_spec()['voices'][check_lang(lang)]['seed']}+{variant}"
 
 

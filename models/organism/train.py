@@ -78,6 +78,11 @@ class VoiceJitter:
         return tts.VoiceShift(pitch, speed, breath)
 
 
+def held_out_voices() -> set[str]:
+    """The voice variant each language keeps out of training (the last one `tts.voices` lists)."""
+    return {tts.voices(lang)[-1] for lang in spec.LANGS}
+
+
 def synthesize(split: str, renders: int, seed: int, progress: Progress,
                jitter: VoiceJitter = VoiceJitter(), sentences: int | None = None,
                extra_voices: tuple[str, ...] = ()) -> list[Clip]:
@@ -440,7 +445,7 @@ def hearing_by_voice(adapter: ModelAdapter, clips: list[Clip], label_ids: dict, 
         for clip, vector in zip(chunk, logits):
             answer = named_emotion(vector, label_ids[clip.lang])
             hits.setdefault(clip.voice, []).append((clip.intensity, answer == clip.emotion))
-    held_out = {tts.voices(lang)[-1] for lang in spec.LANGS}
+    held_out = held_out_voices()
 
     def share(outcomes: list[bool]) -> float | None:
         return round(float(np.mean(outcomes)), 3) if outcomes else None
@@ -604,7 +609,7 @@ def main(argv=None) -> int:
         raise ModalflipError("--voice-pitch-jitter must lie in 0..50, --voice-speed-jitter in [0, 0.5) and "
                              "--voice-breath-jitter in 0..0.5")
     extra_voices = tuple(v for v in args.extra_voices.split(",") if v)
-    held_out = {tts.voices(lang)[-1].split("+")[-1] for lang in spec.LANGS}
+    held_out = {voice.split("+")[-1] for voice in held_out_voices()}
     for variant in extra_voices:
         tts.variant_voice("en", variant)  # refuses a variant eSpeak NG does not ship
         if variant in held_out:
