@@ -27,9 +27,9 @@ class BaselineRun:
     items: one dict per conflict item, `{"item_id": str, "flipped": bool, ...extras}`; flipped means the answer
         named the voice's emotion instead of the one the text asserts.
     settings: what rebuilds the prompt, e.g. {"template": "judge_by_voice"} (a key of stimuli/spec/templates.json).
-    delta_last, delta_window: mean shift of Δlogit (voice label − text label, logits) relative to the unmodified
-        conflict prompt, at the last layer and averaged over the layer window; ignored for the conflict prompt
-        itself, whose shift is 0 by definition.
+    delta_last, delta_window: mean shift of Δlogit = logit(T) − logit(A) (text label − voice label, logits)
+        relative to the unmodified conflict prompt, at the last layer and averaged over the layer window (negative =
+        toward the voice); ignored for the conflict prompt itself, whose shift is 0 by definition.
     seconds, queries: wall-clock time and forward passes spent on this prompt.
     figures: figure files relative to the artifacts folder (logit-lens curves, ...).
     """

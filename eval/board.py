@@ -17,9 +17,13 @@ from eval.baselines import is_baseline
 from eval.records import Record
 
 CAPTION = ("Comparable only within this table: same model and config, stimulus set, language and budget. "
-           "Baselines spend no budget and appear in every table of their model and stimulus set.")
+           "Baselines spend no budget and appear in every table of their model and stimulus set. 95% CI: cluster "
+           "bootstrap over clips (the unit; n = clips). Δlogit = logit(T) − logit(A), change from the conflict "
+           "prompt; negative = toward the voice.")
+RANKING = ("Ranked by flip rate, ties by the lower bound of its 95% interval; intervals resample clips "
+           "(cluster bootstrap), the independent unit.")
 NO_BASELINE = "No baseline records for this model, stimulus set and language: run run_probes.py to add them."
-COLUMNS = ("#", "id", "method", "settings", "seed", "flips", "flip rate", "95% CI",
+COLUMNS = ("#", "id", "method", "settings", "seed", "flips", "flip rate", "95% CI", "clips",
            "Δlogit last", "Δlogit window", "queries", "time")
 NUMERIC = frozenset(COLUMNS) - {"id", "method", "settings"}  # right-aligned
 
@@ -87,7 +91,8 @@ class Group:
 
 
 def rank(records: Sequence[Record]) -> list[Record]:
-    """Best first: flip rate, then the Wilson lower bound (more items, firmer rate), then more items, then oldest."""
+    """Best first: flip rate, then the interval's lower bound (more clips, firmer rate), then more items, then
+    oldest."""
     return sorted(records, key=lambda r: (-r.flip_rate, -r.ci_low, -r.n_items, r.created, r.record_id))
 
 
@@ -123,6 +128,7 @@ def cells(record: Record, position: int) -> list[str]:
         f"{record.flips}/{record.n_items}",
         f"{record.flip_rate:.3f}",
         f"{record.ci_low:.3f}–{record.ci_high:.3f}",
+        str(record.n_units) if record.ci_unit == "clip" else f"{record.n_units} ({record.ci_unit})",
         _signed(record.delta_last),
         _signed(record.delta_window),
         str(record.queries),

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from common.atomic import atomic_write_text
 from eval.baselines import is_baseline
-from eval.board import CAPTION, COLUMNS, NO_BASELINE, NUMERIC, Group, cells
+from eval.board import CAPTION, COLUMNS, NO_BASELINE, NUMERIC, RANKING, Group, cells
 from eval.records import artifacts_dir
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -62,7 +62,7 @@ def render_html(board: Sequence[Group], problems: Sequence[tuple[Path, str]], ru
                 top_figures: int = 3) -> str:
     """The page as a string; figures of the first `top_figures` entries of each group are embedded."""
     body = ["<h1>Text-dominance flips</h1>",
-            "<p>Ranked by flip rate, ties by the lower bound of its Wilson 95% interval.</p>"]
+            f"<p>{html.escape(RANKING)}</p>"]
     shown: set[tuple[str, str]] = set()  # (record id, figure): a baseline's figure is embedded once per page
     for group in board:
         body += _group_html(group, Path(runs_dir), top_figures, shown)

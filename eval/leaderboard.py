@@ -6,8 +6,8 @@
     python -m eval.leaderboard --compare 3f2a9c1b 9c0d11aa
 
 Records come from `<runs-dir>/records/`; a malformed or partial record file gets one warning line on stderr and is
-skipped. `--compare A B` tests two records on their shared items with McNemar's exact test instead of drawing the
-board.
+skipped. `--compare A B` compares two records on their shared (clip, claim) items, paired at the clip (paired cluster
+bootstrap of the difference, exact sign-flip test over clips), instead of drawing the board.
 """
 from __future__ import annotations
 
@@ -25,15 +25,14 @@ from common.atomic import atomic_write_text
 from common.cli import run_main
 from common.errors import ModalflipError
 from eval.baselines import is_baseline
-from eval.board import (CAPTION, COLUMNS, NO_BASELINE, NUMERIC, Filters, Group, budget_text, build_board, cells,
-                        parse_budget_filter)
+from eval.board import (CAPTION, COLUMNS, NO_BASELINE, NUMERIC, RANKING, Filters, Group, budget_text, build_board,
+                        cells, parse_budget_filter)
 from eval.board_html import write_html
 from eval.paired import Comparison, compare, find_record
 from eval.records import RECORDS_SUBDIR, Record, load_records, write_csv
 
-RANKING = "Ranked by flip rate, ties by the lower bound of its Wilson 95% interval."
-_TERMINAL_PRIORITY = ("#", "id", "method", "flip rate", "95% CI", "flips", "Δlogit last", "Δlogit window", "time",
-                      "queries", "seed", "settings")  # a narrow terminal drops columns from the end of this list
+_TERMINAL_PRIORITY = ("#", "id", "method", "flip rate", "95% CI", "clips", "flips", "Δlogit last", "Δlogit window",
+                      "time", "queries", "seed", "settings")  # a narrow terminal drops columns from the end of this list
 _SETTINGS_WIDTH = 30
 
 
@@ -131,14 +130,18 @@ def markdown(board: Sequence[Group], problems: Sequence[tuple[Path, str]]) -> st
 
 def comparison_text(a: Record, b: Record, result: Comparison) -> str:
     """The paired comparison of `a` and `b` as a few lines of plain text."""
+    test = result.test
     lines = [
         f"A  {a.short_id}  {a.method}  budget {budget_text(a.budget)}  model {a.model_id}  lang {a.lang}",
         f"B  {b.short_id}  {b.method}  budget {budget_text(b.budget)}  model {b.model_id}  lang {b.lang}",
-        f"shared items: {result.n_shared} (only in A: {result.only_in_a}, only in B: {result.only_in_b})",
-        f"flip rate on shared items: A {result.rate_a:.3f}, B {result.rate_b:.3f}; "
-        f"paired difference A − B = {result.difference:+.3f}",
-        f"discordant items: flipped by A only {result.a_not_b}, by B only {result.b_not_a}; "
-        f"McNemar exact p = {result.p_value:.3g}",
+        f"shared items: {result.n_shared} in {test.n_units} {test.unit}s, matched by clip and claim "
+        f"(only in A: {result.only_in_a}, only in B: {result.only_in_b})",
+        f"flip rate on shared items: A {test.rate_a:.3f}, B {test.rate_b:.3f}; "
+        f"paired difference A − B = {test.difference:+.3f} [{test.low:+.3f}, {test.high:+.3f}] "
+        f"(95% paired cluster bootstrap over {test.unit}s)",
+        f"discordant items: flipped by A only {test.items_a_not_b}, by B only {test.items_b_not_a}; "
+        f"{test.unit}s where A flipped more {test.units_a_more}, B more {test.units_b_more}",
+        f"unit: {test.unit}; {test.test} p = {test.p_value:.3g}",
     ]
     differ = []
     if (a.model_id, a.model_hash) != (b.model_id, b.model_hash):
@@ -169,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="the HTML page embeds the figures of the top N entries of each group")
     parser.add_argument("--csv", metavar="FILE", help="export the shown records as CSV, one row per record")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
-                        help="paired comparison of two records (ids or unique prefixes) with McNemar's exact test")
+                        help="paired comparison of two records (ids or unique prefixes), paired at the clip")
     return parser
 
 

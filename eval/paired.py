@@ -1,70 +1,57 @@
-"""Paired comparison of two records on the items both ran: the difference of flip rates and McNemar's exact test.
+"""Paired comparison of two records on the items both ran, clustered on the clip.
 
-Two Wilson intervals that overlap say little when both runs saw the same items; the paired test uses only the
-discordant items (flipped by one run and not the other), which is where the two methods actually differ.
+Two intervals that overlap say little when both runs saw the same items; a paired test looks at where the two
+methods differ. The items of one clip are not independent (they share its audio, and in an attack its δ), so the
+comparison is paired at the clip: the difference of flip rates gets a paired cluster-bootstrap interval, and the
+p-value comes from an exact sign-flip test of the per-clip differences (`common.stats.paired_cluster_test`).
+
+Items are matched by (clip, asserted emotion), not by item id, so that the conflict prompt, the judge-by-the-voice
+prompt, a searched prompt and an attack can be paired on the same clip and claim.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
-from scipy.stats import binomtest
-
 from common.errors import ModalflipError
-from eval.records import Record
+from common.stats import PairedTest, paired_cluster_test
+from eval.records import Record, claim_of, clip_of
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """A against B on their shared items. Rates are fractions of `n_shared`; `difference` = rate_a − rate_b."""
+    """A against B on their shared (clip, claim) items. Rates are fractions of `n_shared`."""
 
     n_shared: int
     only_in_a: int  # items A ran that B did not (left out of the test)
     only_in_b: int
-    rate_a: float
-    rate_b: float
-    difference: float
-    a_not_b: int  # McNemar's b: flipped under A, not under B
-    b_not_a: int  # McNemar's c
-    p_value: float  # two-sided exact McNemar
+    test: PairedTest  # difference = rate_a − rate_b, its interval, per-clip counts and the sign-flip p-value
 
 
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts: binomial test of b out of b + c at 1/2."""
-    if b + c == 0:
-        return 1.0
-    return float(binomtest(b, b + c, 0.5).pvalue)
+def pair_key(item: dict) -> str:
+    """'<clip id>|T=<asserted emotion>': the same clip under the same claim, whichever method ran it."""
+    return f"{clip_of(item)}|T={claim_of(item)}"
 
 
 def compare(a: Record, b: Record) -> Comparison:
-    """Compare `a` and `b` on the items (by item_id) both hold; a `ModalflipError` when they share none."""
+    """Compare `a` and `b` on the (clip, claim) items both hold; a `ModalflipError` when they share none."""
     if a.stimulus_hash != b.stimulus_hash:
         raise ModalflipError(
             f"records {a.short_id} and {b.short_id} use different stimulus sets "
             f"({a.stimulus_hash[:8]} vs {b.stimulus_hash[:8]}), so their item ids name different items"
         )
-    flipped_a = {item["item_id"]: item["flipped"] for item in a.items}
-    flipped_b = {item["item_id"]: item["flipped"] for item in b.items}
-    shared = sorted(flipped_a.keys() & flipped_b.keys())
+    items_a = {pair_key(item): item for item in a.items}
+    items_b = {pair_key(item): item for item in b.items}
+    shared = sorted(items_a.keys() & items_b.keys())
     if not shared:
         raise ModalflipError(
-            f"records {a.short_id} and {b.short_id} share no items; compare two runs on the same language and items"
+            f"records {a.short_id} and {b.short_id} share no items; compare two runs on the same language and clips"
         )
-    a_not_b = sum(flipped_a[i] and not flipped_b[i] for i in shared)
-    b_not_a = sum(flipped_b[i] and not flipped_a[i] for i in shared)
-    rate_a = sum(flipped_a[i] for i in shared) / len(shared)
-    rate_b = sum(flipped_b[i] for i in shared) / len(shared)
-    return Comparison(
-        n_shared=len(shared),
-        only_in_a=len(flipped_a) - len(shared),
-        only_in_b=len(flipped_b) - len(shared),
-        rate_a=rate_a,
-        rate_b=rate_b,
-        difference=rate_a - rate_b,
-        a_not_b=a_not_b,
-        b_not_a=b_not_a,
-        p_value=mcnemar_exact(a_not_b, b_not_a),
-    )
+    test = paired_cluster_test([items_a[key]["flipped"] for key in shared],
+                               [items_b[key]["flipped"] for key in shared],
+                               [clip_of(items_a[key]) for key in shared])
+    return Comparison(n_shared=len(shared), only_in_a=len(items_a) - len(shared),
+                      only_in_b=len(items_b) - len(shared), test=test)
 
 
 def find_record(records: Sequence[Record], wanted: str) -> Record:

@@ -1,14 +1,20 @@
 """The results store: one JSON record per run under `<runs_dir>/records/`, written atomically.
 
 Every runner (`run_probes.py`, `run_prompt_search.py`, `run_attack.py`) builds its record with `make_record`, which
-derives the counts, flip rate and Wilson interval from the per-item outcomes, and saves it with `write_record`.
+derives the counts, flip rate and its clustered interval from the per-item outcomes, and saves it with `write_record`.
 One file per record means concurrent runs never write the same file. `load_records` reads them all back; a file
 that is malformed or partial is reported in `problems` and skipped, and records of an older schema are upgraded.
 
 A flip is an item on which the model's answer follows the emotion in the voice instead of the one the text
-asserts. Δlogit is logit(voice label) − logit(text label) read through the logit lens, in logits; `delta_last` is
-the mean change of Δlogit at the last layer relative to the unmodified conflict prompt, `delta_window` the same
+asserts. Δlogit = logit(T) − logit(A), the text's label minus the voice's, read through the logit lens in logits
+(the pilot's definition, used by every probe, table and figure); `delta_last` is the mean change of Δlogit at the
+last layer relative to the unmodified conflict prompt (negative = toward the voice), `delta_window` the same
 averaged over the layers in `window` (inclusive, layer 0 = embeddings).
+
+Items are not independent: the items of one clip share its audio (and, in an attack, its δ). The interval of a
+flip rate resamples the clip (`common.stats.clustered_rate`); each item names its clip in `clip_id` (derived from
+the item id `<clip id>/<condition>/T=<emotion>` when a runner does not give it) and the record names the unit in
+`ci_unit` with the number of units in `n_units`.
 """
 from __future__ import annotations
 
@@ -30,9 +36,9 @@ from typing import Any, Sequence
 
 from common.atomic import atomic_write_json, atomic_write_text
 from common.errors import ModalflipError
-from common.stats import wilson_interval
+from common.stats import UNIT_CLIP, clustered_rate, wilson_interval
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_WINDOW = (5, 20)
 RECORDS_SUBDIR = "records"
 
@@ -55,9 +61,9 @@ class Record:
     n_items: int  # conflict items the method was run on
     flips: int
     flip_rate: float  # flips / n_items
-    ci_low: float  # Wilson 95% interval of flip_rate
+    ci_low: float  # 95% interval of flip_rate, resampling `ci_unit`s (cluster bootstrap; see common.stats)
     ci_high: float
-    delta_last: float | None  # mean shift of Δlogit at the last layer (logits); None if not measured
+    delta_last: float | None  # mean shift of Δlogit = logit(T) − logit(A) at the last layer (logits); None if not measured
     delta_window: float | None  # mean shift of Δlogit over layers window[0]..window[1] (logits)
     window: list[int]  # [first, last] layer of the Δlogit window, inclusive
     seconds: float  # wall-clock time of the run
@@ -65,6 +71,8 @@ class Record:
     artifacts: str  # the run's output folder; relative paths are relative to runs_dir
     items: list[dict[str, Any]]  # per item: {"item_id": str, "flipped": bool, ...optional extras}
     figures: list[str] = field(default_factory=list)  # figure files, relative to the artifacts folder
+    ci_unit: str = UNIT_CLIP  # the independent unit the interval resamples
+    n_units: int = 0  # how many of them the items span
     schema_version: int = SCHEMA_VERSION
 
     def group_key(self) -> tuple:
@@ -94,19 +102,22 @@ def make_record(
     artifacts: str | os.PathLike,
     window: tuple[int, int] = DEFAULT_WINDOW,
     figures: Sequence[str] = (),
+    unit: str = UNIT_CLIP,
 ) -> Record:
-    """A new record whose counts, flip rate and Wilson interval are computed from `items`.
+    """A new record whose counts, flip rate and clustered interval are computed from `items`.
 
-    `items` holds one dict per conflict item with at least `item_id` (str, unique) and `flipped` (bool); other keys
-    (the item's own Δlogit, the answer text, ...) are kept as they are. Raises ValueError for malformed items, which
-    is a bug in the calling runner.
+    `items` holds one dict per conflict item with at least `item_id` (str, unique) and `flipped` (bool), and
+    ideally `clip_id` (the cluster; derived from the item id when missing) and `text_emotion`; other keys (the
+    item's own Δlogit, the answer text, ...) are kept as they are. `unit` names what the interval resamples
+    ("clip"; an attack whose items share one universal δ says so). Raises ValueError for malformed items, which is
+    a bug in the calling runner.
     """
-    items = [dict(item) for item in items]
+    items = [_with_cluster(dict(item)) for item in items]
     problem = _items_problem(items) or _budget_problem(budget)
     if problem:
         raise ValueError(problem)
     flips = sum(item["flipped"] for item in items)
-    low, high = wilson_interval(flips, len(items))
+    interval = item_interval(items, unit)
     return Record(
         record_id=uuid.uuid4().hex,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -122,8 +133,8 @@ def make_record(
         n_items=len(items),
         flips=flips,
         flip_rate=flips / len(items),
-        ci_low=low,
-        ci_high=high,
+        ci_low=interval.low,
+        ci_high=interval.high,
         delta_last=None if delta_last is None else float(delta_last),
         delta_window=None if delta_window is None else float(delta_window),
         window=list(window),
@@ -132,7 +143,33 @@ def make_record(
         artifacts=str(artifacts),
         items=items,
         figures=[str(figure) for figure in figures],
+        ci_unit=unit,
+        n_units=interval.n_units,
     )
+
+
+def clip_of(item: dict[str, Any]) -> str:
+    """The clip an item belongs to: its `clip_id`, else the part of its id before the first '/'."""
+    return str(item.get("clip_id") or item["item_id"].split("/", 1)[0])
+
+
+def claim_of(item: dict[str, Any]) -> str | None:
+    """The emotion the item's text asserts: its `text_emotion`, else the `T=<emotion>` part of its id."""
+    if item.get("text_emotion"):
+        return str(item["text_emotion"])
+    match = re.search(r"(?:^|/)T=([^/]+)", item["item_id"])
+    return match.group(1) if match else None
+
+
+def item_interval(items: Sequence[dict[str, Any]], unit: str = UNIT_CLIP):
+    """`common.stats.clustered_rate` of the items' flips, clustered on their clips."""
+    return clustered_rate([item["flipped"] for item in items], [clip_of(item) for item in items], unit)
+
+
+def _with_cluster(item: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(item.get("item_id"), str) and "clip_id" not in item:
+        item["clip_id"] = clip_of(item)
+    return item
 
 
 def write_record(record: Record, runs_dir: str | os.PathLike = "runs") -> Path:
@@ -238,7 +275,32 @@ def _from_v0(old: dict[str, Any]) -> dict[str, Any]:
     return new
 
 
-_UPGRADES = {0: _from_v0}
+def _from_v1(old: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1: item-level Wilson intervals and Δlogit as logit(A) − logit(T). Schema 2 clusters the interval on
+    the clip and uses the pilot's sign, logit(T) − logit(A): the record's shifts and the prompt search's per-item
+    margins (`margin`, `margin_last`, A − T) change sign (the latter become `delta_window`, `delta_last`); the
+    baselines' per-item `delta_last` was T − A already."""
+    new = dict(old)
+    for key in ("delta_last", "delta_window"):
+        if isinstance(new.get(key), (int, float)) and not isinstance(new.get(key), bool):
+            new[key] = -new[key]
+    items = new.get("items")
+    if isinstance(items, list) and not _items_problem(items):
+        upgraded = []
+        for item in items:
+            item = _with_cluster(dict(item))
+            for old_key, new_key in (("margin", "delta_window"), ("margin_last", "delta_last")):
+                if isinstance(item.get(old_key), (int, float)) and new_key not in item:
+                    item[new_key] = -item.pop(old_key)
+            upgraded.append(item)
+        interval = item_interval(upgraded)
+        new.update(items=upgraded, ci_low=interval.low, ci_high=interval.high, ci_unit=UNIT_CLIP,
+                   n_units=interval.n_units)
+    new["schema_version"] = 2
+    return new
+
+
+_UPGRADES = {0: _from_v0, 1: _from_v1}
 
 
 def artifacts_dir(record: Record, runs_dir: str | os.PathLike = "runs") -> Path:

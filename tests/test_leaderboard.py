@@ -1,4 +1,4 @@
-"""The leaderboard: ranking, fair groups, filters, McNemar's paired test, Markdown and the command line."""
+"""The leaderboard: ranking, fair groups, filters, the paired test at the clip, Markdown and the command line."""
 from __future__ import annotations
 
 import csv
@@ -6,7 +6,6 @@ import io
 import os
 import subprocess
 import sys
-from math import comb
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from common.errors import ModalflipError
 from eval.baselines import BaselineRun, baseline_records
 from eval.board import Filters, build_board, parse_budget_filter, rank
 from eval.leaderboard import markdown, print_board
-from eval.paired import compare, find_record, mcnemar_exact
+from eval.paired import compare, find_record
 from eval.records import Record, make_record, write_record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +41,7 @@ def baselines(flips: tuple[int, int] = (2, 4), n: int = 20, **changes) -> list[R
     )
 
 
-def test_ranked_by_flip_rate_then_by_wilson_lower_bound():
+def test_ranked_by_flip_rate_then_by_the_lower_bound_of_the_interval():
     small = run("pgd-small", 5, 10)  # 0.5 on 10 items: wide interval
     large = run("pgd-large", 20, 40)  # 0.5 on 40 items: higher lower bound
     best = run("pgd-best", 7, 10)
@@ -91,14 +90,7 @@ def test_bad_budget_filter_says_how_to_write_it():
         parse_budget_filter("linf")
 
 
-def test_mcnemar_exact_matches_the_hand_computed_binomial_tail():
-    assert mcnemar_exact(8, 1) == pytest.approx(2 * (comb(9, 0) + comb(9, 1)) / 2**9)
-    assert mcnemar_exact(8, 1) == pytest.approx(0.0390625)
-    assert mcnemar_exact(1, 8) == pytest.approx(0.0390625)
-    assert mcnemar_exact(0, 0) == 1.0
-
-
-def test_compare_pairs_outcomes_on_the_items_both_records_share():
+def test_compare_of_one_item_per_clip_is_the_exact_mcnemar_test():
     both = [f"s{i}" for i in range(12)]
     a_flipped = set(both[:9])  # discordant: s1..s8 A only, s9 B only
     b_flipped = {"s0", "s9"}
@@ -106,9 +98,25 @@ def test_compare_pairs_outcomes_on_the_items_both_records_share():
     b = run("baseline", 0, 0, items=[{"item_id": i, "flipped": i in b_flipped} for i in both])
     result = compare(a, b)
     assert (result.n_shared, result.only_in_a, result.only_in_b) == (12, 1, 0)
-    assert (result.a_not_b, result.b_not_a) == (8, 1)
-    assert result.difference == pytest.approx(9 / 12 - 2 / 12)
-    assert result.p_value == pytest.approx(0.0390625)
+    assert (result.test.items_a_not_b, result.test.items_b_not_a) == (8, 1)
+    assert result.test.difference == pytest.approx(9 / 12 - 2 / 12)
+    assert result.test.p_value == pytest.approx(0.0390625)  # 2 * P(Binomial(9, 1/2) <= 1)
+
+
+def conflict_items(flipped_clips: set[str], n_clips: int = 18, condition: str = "conflict") -> list[dict]:
+    """Four items per clip (A = neutral, T = the other four emotions); all items of a listed clip flipped."""
+    claims = ("happy", "sad", "angry", "fearful")
+    return [{"item_id": f"A{c}-en/{condition}/T={t}", "flipped": f"A{c}-en" in flipped_clips}
+            for c in range(n_clips) for t in claims]
+
+
+def test_compare_is_paired_at_the_clip_and_matches_methods_by_clip_and_claim():
+    attack = run("pgd", 0, 0, items=conflict_items({"A0-en", "A1-en"}))
+    voice = run("baseline:judge-by-voice", 0, 0, budget={}, items=conflict_items(set(), condition="voice"))
+    result = compare(attack, voice)
+    assert result.n_shared == 72 and result.only_in_a == result.only_in_b == 0  # voice/T=x pairs with conflict/T=x
+    assert (result.test.items_a_not_b, result.test.units_a_more, result.test.n_units) == (8, 2, 18)
+    assert result.test.p_value == pytest.approx(0.5)  # two clips, not eight items: 2 / 2^2
 
 
 def test_compare_without_shared_items_is_a_user_error():
@@ -144,7 +152,7 @@ def test_a_narrow_terminal_drops_the_least_needed_columns_instead_of_wrapping():
     text = out.getvalue()
     assert all(len(line) <= 80 for line in text.splitlines())
     assert all(f"│ {r.short_id} │ {r.method}" in text for r in records)  # ids and methods unbroken
-    assert "0.400 │ 0.219–0.613" in text
+    assert f"0.400 │ {records[0].ci_low:.3f}–{records[0].ci_high:.3f} │    20 │" in text  # 20 clips
     assert "Left out for width: settings, seed" in text
 
 
@@ -179,7 +187,8 @@ def test_cli_compare_reports_paired_difference_and_a_bad_compare_is_one_line_and
         write_record(record, runs)
     done = leaderboard("--runs-dir", str(runs), "--compare", attack.short_id, conflict.short_id)
     assert done.returncode == 0, done.stderr
-    assert "paired difference A − B = +0.400" in done.stdout and "McNemar exact p = 0.0078" in done.stdout
+    assert "paired difference A − B = +0.400" in done.stdout
+    assert "unit: clip; exact sign-flip over clusters p = 0.0078" in done.stdout
     for pair in ((attack.short_id, other.short_id), (attack.short_id, "nosuchid")):
         done = leaderboard("--runs-dir", str(runs), "--compare", *pair)
         assert done.returncode == 2

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import ModalflipError
-from common.stats import wilson_interval
+from common.stats import clustered_rate, wilson_interval
 from eval.baselines import CONFLICT_PROMPT, JUDGE_BY_VOICE, BaselineRun, baseline_records
 from eval.records import (SCHEMA_VERSION, Record, artifacts_dir, code_version, load_records, make_record,
                           record_from_dict, write_csv, write_record)
@@ -33,12 +33,24 @@ def sample(runs: Path, method: str = "pgd", flags: str = "1101000011", **changes
     return make_record(**fields)
 
 
-def test_make_record_derives_counts_rate_and_wilson_interval_from_items(tmp_path):
+def test_make_record_derives_counts_rate_and_the_clip_level_interval_from_items(tmp_path):
     record = sample(tmp_path, flags="1101000011")
     assert (record.n_items, record.flips, record.flip_rate) == (10, 5, 0.5)
-    assert (record.ci_low, record.ci_high) == pytest.approx(wilson_interval(5, 10))
+    expected = clustered_rate([int(f) for f in "1101000011"], [f"item{i}" for i in range(10)])
+    assert (record.ci_low, record.ci_high) == pytest.approx((expected.low, expected.high))
+    assert (record.ci_unit, record.n_units) == ("clip", 10)
     assert record.schema_version == SCHEMA_VERSION and record.window == [5, 20]
     assert re.fullmatch(r"[0-9a-f]{32}", record.record_id)
+
+
+def test_items_of_one_clip_widen_the_interval_and_count_as_one_unit(tmp_path):
+    """Four items of each of five clips, two clips flipped throughout: 5 units, not 20."""
+    items = [{"item_id": f"A{c}-en/conflict/T={t}", "flipped": c < 2} for c in range(5)
+             for t in ("happy", "sad", "angry", "fearful")]
+    record = sample(tmp_path, items=items)
+    assert (record.flips, record.n_items, record.n_units) == (8, 20, 5)
+    assert record.items[0]["clip_id"] == "A0-en"
+    assert record.ci_high - record.ci_low > 1.3 * (wilson_interval(8, 20)[1] - wilson_interval(8, 20)[0])
 
 
 def test_make_record_rejects_items_a_runner_got_wrong(tmp_path):
@@ -118,7 +130,7 @@ def test_schema0_record_loads_with_old_names_and_flat_outcomes(tmp_path):
     old = {
         "id": "0ld0ld0ld0ld", "created": "2025-01-15T09:30:00+00:00", "method": "pgd",
         "settings": {"steps": 100}, "model": "organism", "stimulus_hash": "5eed5e7a", "language": "zh",
-        "budget": {"linf": 0.004}, "seed": 3, "outcomes": {"B1-zh": True, "B2-zh": False, "B3-zh": True},
+        "budget": {"linf": 0.004}, "seed": 3, "outcomes": {"B1-zh": True, "B2-zh": False, "B1-zh/T=sad": True},
         "delta_last": 1.5, "delta_window": None, "time_s": 61.0, "queries": 300, "artifacts": "pgd-old",
     }
     folder = tmp_path / "runs" / "records"
@@ -128,11 +140,29 @@ def test_schema0_record_loads_with_old_names_and_flat_outcomes(tmp_path):
     assert problems == []
     assert (record.record_id, record.model_id, record.lang, record.seconds) == ("0ld0ld0ld0ld", "organism", "zh", 61.0)
     assert (record.n_items, record.flips, record.flip_rate) == (3, 2, pytest.approx(2 / 3))
-    assert (record.ci_low, record.ci_high) == pytest.approx(wilson_interval(2, 3))
-    assert record.items[0] == {"item_id": "B1-zh", "flipped": True}
+    assert (record.ci_low, record.ci_high, record.n_units) == (0.0, 1.0, 2)  # of two clips one flips throughout
+    assert record.items[0] == {"item_id": "B1-zh", "flipped": True, "clip_id": "B1-zh"}
     assert (record.model_hash, record.code_version) == ("unknown", "unknown")
     assert (record.window, record.figures) == ([5, 20], [])
     assert record.schema_version == SCHEMA_VERSION
+
+
+def test_schema1_record_takes_the_pilots_sign_and_a_clustered_interval():
+    old = {
+        "record_id": "1d" * 16, "created": "2026-11-20T09:30:00+00:00", "method": "prompt-search", "settings": {},
+        "model_id": "organism", "model_hash": "c0ffee12", "stimulus_hash": "5eed5e7a", "lang": "en", "budget": {},
+        "seed": 0, "code_version": "abc", "n_items": 8, "flips": 4, "flip_rate": 0.5, "ci_low": 0.2, "ci_high": 0.8,
+        "delta_last": -2.0, "delta_window": -1.0, "window": [5, 20], "seconds": 1.0, "queries": 8, "artifacts": "x",
+        "items": [{"item_id": f"A{c}-en/conflict/T={t}", "flipped": c == 0, "margin": 1.5, "margin_last": 2.5}
+                  for c in range(2) for t in ("happy", "sad", "angry", "fearful")],
+        "schema_version": 1,
+    }
+    record = record_from_dict(old)
+    assert (record.delta_last, record.delta_window) == (2.0, 1.0)  # A − T became T − A
+    assert record.items[0]["delta_window"] == -1.5 and record.items[0]["delta_last"] == -2.5
+    assert "margin" not in record.items[0] and record.items[0]["clip_id"] == "A0-en"
+    assert (record.n_units, record.ci_unit) == (2, "clip")
+    assert (record.ci_low, record.ci_high) == (0.0, 1.0)  # was the item-level 0.2..0.8 of 8 items
 
 
 def test_schema0_record_without_outcomes_is_reported_as_partial():
