@@ -163,8 +163,8 @@ def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args
         rows = [dict(r, prompt=describe(grammar, best["slots"], [lang])[lang]) for r in found.items if r["lang"] == lang]
         if not rows or lang in listed:
             continue
-        delta_last = float(np.mean([r["margin_last"] - seed_by_id[r["item_id"]]["margin_last"] for r in rows]))
-        delta_window = float(np.mean([r["margin"] - seed_by_id[r["item_id"]]["margin"] for r in rows]))
+        delta_last = float(np.mean([r["delta_last"] - seed_by_id[r["item_id"]]["delta_last"] for r in rows]))
+        delta_window = float(np.mean([r["delta_window"] - seed_by_id[r["item_id"]]["delta_window"] for r in rows]))
         record = make_record(
             method="prompt-search", model_id=args.model, model_hash=config.model_hash,
             stimulus_hash=config.stimulus_hash, lang=lang, budget={}, seed=args.seed, items=rows,
@@ -179,9 +179,11 @@ def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args
                           multi_objective=args.nsga2, cache=args.cache))
         records.append(str(write_record(record, args.runs_dir)))
     return {"trial": best["number"], "slots": best["slots"], "n_items": found.n, "flips": found.flips,
-            "flip_rate": round(found.flip_rate, 4), "ci": [round(v, 4) for v in found.ci],
+            "flip_rate": round(found.flip_rate, 4), "ci": [round(found.interval.low, 4), round(found.interval.high, 4)],
+            "unit": found.interval.unit, "n_units": found.interval.n_units,
             "seed_prompt": {"flips": seed.flips, "flip_rate": round(seed.flip_rate, 4),
-                            "ci": [round(v, 4) for v in seed.ci]},
+                            "ci": [round(seed.interval.low, 4), round(seed.interval.high, 4)]},
+            "delta_logit": "logit(T) − logit(A) at the answer position (logits), per item",
             "items": found.items, "records": records}
 
 
@@ -256,6 +258,8 @@ def print_tables(console: Console, report: dict, out: Path) -> None:
                       f"best prompt (trial {held['trial']}) flips {held['flips']}/{held['n_items']} = "
                       f"{held['flip_rate']:.2f} [{held['ci'][0]:.2f}, {held['ci'][1]:.2f}]; the seed conflict "
                       f"prompt flips {held['seed_prompt']['flips']}/{held['n_items']} = "
-                      f"{held['seed_prompt']['flip_rate']:.2f}")
+                      f"{held['seed_prompt']['flip_rate']:.2f} [{held['seed_prompt']['ci'][0]:.2f}, "
+                      f"{held['seed_prompt']['ci'][1]:.2f}]; 95% intervals resample the {held['n_units']} "
+                      f"held-out {held['unit']}s")
     console.print(f"wrote {out}/trials.csv, best_prompts.json, score_over_trials.png"
                   + (f" and {len(held['records'])} new leaderboard record(s)" if held else ""))

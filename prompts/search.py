@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from common.errors import ModalflipError
-from common.stats import wilson_interval
+from common.stats import RateInterval, clustered_rate
 from models.adapter import ModelAdapter
 from probes.inputs import ProbeSet
 from probes.logit_lens import label_logits
@@ -299,20 +299,26 @@ def best_trials(study: optuna.Study, multi_objective: bool, top: int = 10) -> li
 class Evaluation:
     """A prompt on held-out conflict items, read with the probes' own (uncached) logit lens."""
 
-    items: list[dict]  # per item: item_id, flipped, answer, margin over the window, margin_last, lang
-    flips: int
-    n: int
-    ci: tuple[float, float]  # Wilson 95%
+    items: list[dict]  # per item: item_id, clip_id, text_emotion, lang, flipped, answer, delta_window, delta_last
+    interval: RateInterval  # flips / items with its 95% interval over clips
+
+    @property
+    def flips(self) -> int:
+        return self.interval.k
+
+    @property
+    def n(self) -> int:
+        return self.interval.n
 
     @property
     def flip_rate(self) -> float:
-        return self.flips / self.n if self.n else 0.0
+        return self.interval.rate or 0.0
 
 
 def evaluate(adapter: ModelAdapter, probe_set: ProbeSet, sample: dict[str, str], items: list[Item],
              layers: tuple[int, int], batch_size: int = 16, grammar_path: str | None = None) -> Evaluation:
-    """Flip rate (answer = the voice's A) of `sample` on the conflict `items`, with Wilson interval and per-item
-    Δlogit toward A (logit(A) - logit(T)) at the last layer and averaged over the window."""
+    """Flip rate (answer = the voice's A) of `sample` on the conflict `items`, with its interval over clips, and per
+    item Δlogit = logit(T) − logit(A) at the last layer and averaged over the window (logits)."""
     grammar = load_grammar(grammar_path)
     conflict = [i for i in items if i.condition == "conflict"]
     if not conflict:
@@ -324,10 +330,11 @@ def evaluate(adapter: ModelAdapter, probe_set: ProbeSet, sample: dict[str, str],
     rows = []
     for item in conflict:
         a, t = emotions.index(item.audio_emotion), emotions.index(item.text_emotion)
-        toward_a = per_layer[item.item_id][:, a] - per_layer[item.item_id][:, t]
+        delta = per_layer[item.item_id][:, t] - per_layer[item.item_id][:, a]
         answer = emotions[int(np.argmax(final[item.item_id]))]
-        rows.append(dict(item_id=item.item_id, lang=item.lang, flipped=answer == item.audio_emotion, answer=answer,
-                         margin=round(float(toward_a[layers[0]:layers[1] + 1].mean()), 5),
-                         margin_last=round(float(toward_a[-1]), 5)))
-    flips = sum(r["flipped"] for r in rows)
-    return Evaluation(items=rows, flips=flips, n=len(rows), ci=wilson_interval(flips, len(rows)))
+        rows.append(dict(item_id=item.item_id, clip_id=item.clip_id, text_emotion=item.text_emotion, lang=item.lang,
+                         flipped=answer == item.audio_emotion, answer=answer,
+                         delta_window=round(float(delta[layers[0]:layers[1] + 1].mean()), 5),
+                         delta_last=round(float(delta[-1]), 5)))
+    interval = clustered_rate([r["flipped"] for r in rows], [r["clip_id"] for r in rows])
+    return Evaluation(items=rows, interval=interval)
