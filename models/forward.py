@@ -140,18 +140,28 @@ def suffix_supported(adapter: ModelAdapter) -> bool:
     return config is not None and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
 
 
-def _fill_unreached(adapter: ModelAdapter, layer_kwargs: list[dict | None]) -> list[dict]:
+def _fill_unreached(adapter: ModelAdapter, layer_kwargs: list[dict | None]) -> list[dict | None]:
     """After an early stop, layers never called take the arguments of the last called layer of the same attention
-    type (full or sliding window): masks and rotary tables depend on the type, not on the layer."""
-    layers = adapter.decoder_layers
+    type (full or sliding window): masks and rotary tables depend on the type, not on the layer. A layer whose type
+    no called layer has keeps None (`resume` refuses it)."""
+    kinds = [attention_kind(layer) for layer in adapter.decoder_layers]
     filled = list(layer_kwargs)
     for index, kwargs in enumerate(filled):
         if kwargs is None:
-            kind = getattr(layers[index], "attention_type", None)
-            donors = [j for j in range(index) if filled[j] is not None
-                      and getattr(layers[j], "attention_type", None) == kind]
+            donors = [j for j in range(index) if filled[j] is not None and kinds[j] == kinds[index]]
             filled[index] = filled[donors[-1]] if donors else None
     return filled
+
+
+def attention_kind(layer: torch.nn.Module) -> str | None:
+    """A decoder layer's attention type ("full_attention", "sliding_attention", ...): the layer's `attention_type`
+    or its attention module's `layer_type`, by family; None where the family has one kind only."""
+    for owner, name in ((layer, "attention_type"), (layer, "layer_type"),
+                        (getattr(layer, "self_attn", None), "layer_type")):
+        kind = getattr(owner, name, None)
+        if kind is not None:
+            return kind
+    return None
 
 
 def select_rows(kwargs: dict, rows: torch.Tensor) -> dict:
@@ -174,11 +184,19 @@ def resume(adapter: ModelAdapter, trace: Trace, start: int, hidden: torch.Tensor
     `hidden` to a row of the traced batch (several patched copies of one item can share it)."""
     stop = adapter.n_layers if stop is None else stop
     for index in range(start, stop):
-        kwargs = trace.layer_kwargs[index]
+        kwargs = _traced_kwargs(adapter, trace, index)
         if rows is not None:
             kwargs = select_rows(kwargs, rows)
         hidden = _hidden(adapter.decoder_layers[index](hidden, **kwargs))
     return hidden
+
+
+def _traced_kwargs(adapter: ModelAdapter, trace: Trace, index: int) -> dict:
+    kwargs = trace.layer_kwargs[index]
+    if kwargs is None:
+        raise ValueError(f"decoder layer {index} ({attention_kind(adapter.decoder_layers[index])}) was not reached "
+                         "by this early-stopped trace and no reached layer has its attention type; trace further")
+    return kwargs
 
 
 def resume_suffix(adapter: ModelAdapter, trace: Trace, start: int, hidden: torch.Tensor, stop: int | None = None,
@@ -191,7 +209,7 @@ def resume_suffix(adapter: ModelAdapter, trace: Trace, start: int, hidden: torch
         return resume(adapter, trace, start, hidden, stop, rows)
     stop = adapter.n_layers if stop is None else stop
     for index in range(start, stop):
-        kwargs = trace.layer_kwargs[index]
+        kwargs = _traced_kwargs(adapter, trace, index)
         keys, values = trace.prefix_kv[index]
         if rows is not None:
             kwargs = select_rows(kwargs, rows)

@@ -181,10 +181,12 @@ class Scorer:
         if new:
             rows = torch.tensor(new, device=embeds.device)
             extra = self._positions(batch, rows, slice(0, stop))
-            out = model(inputs_embeds=embeds[rows, :stop], use_cache=True,
-                        attention_mask=batch.inputs["attention_mask"][rows, :stop], **extra)
+            whole = DynamicCache()  # full-length layers: the model's own cache (`DynamicCache(config)`) would keep
+            # only the last window - 1 positions of a sliding-window layer, too few for a suffix that starts at `stop`
+            model(inputs_embeds=embeds[rows, :stop], use_cache=True, cache=whole,
+                  attention_mask=batch.inputs["attention_mask"][rows, :stop], **extra)
             for r, j in enumerate(new):
-                layers = [(layer.keys[r:r + 1].clone(), layer.values[r:r + 1].clone()) for layer in out.cache.layers]
+                layers = [(layer.keys[r:r + 1].clone(), layer.values[r:r + 1].clone()) for layer in whole.layers]
                 self.prefixes[keys[j]] = layers
                 self.prefix_bytes += sum(k.nbytes + v.nbytes for k, v in layers)
         for key in keys:
@@ -195,8 +197,8 @@ class Scorer:
             self.prefix_bytes -= sum(k.nbytes + v.nbytes for k, v in layers)
         per_layer = [(torch.cat([s[i][0] for s in stored]), torch.cat([s[i][1] for s in stored]))
                      for i in range(len(stored[0]))]
-        cache = DynamicCache(per_layer)  # full-length layers, no config: a sliding-window layer would keep only its
-        # window of the prefix; this way each layer sees the whole prefix and its own mask limits what it attends to
+        cache = DynamicCache(per_layer)  # full-length layers, no config: each layer sees the whole prefix and its
+        # own mask (sliding or full) limits what it attends to
         extra = self._positions(batch, None, slice(stop, None))
         with recording(self.adapter) as (resid, _, _):
             model(inputs_embeds=embeds[:, stop:], attention_mask=batch.inputs["attention_mask"], cache=cache,

@@ -13,9 +13,11 @@ sys.path.insert(0, str(ROOT))
 torch.set_num_threads(int(os.environ.get("MODALFLIP_TEST_THREADS", "1")))
 
 
-def tiny_qwen2_audio(n_layers: int = 4, seed: int = 0):
+def tiny_qwen2_audio(n_layers: int = 4, seed: int = 0, layer_types: list[str] | None = None, sliding_window: int = 4):
     """A random Qwen2AudioForConditionalGeneration with the organism's tokenizer and processor, wrapped in its
-    adapter: 4 decoder layers of width 32, a 1-layer encoder of width 32, the organism's 6 s window."""
+    adapter: 4 decoder layers of width 32, a 1-layer encoder of width 32, the organism's 6 s window. With
+    `layer_types` ("full_attention" / "sliding_attention" per decoder layer) the sliding layers attend to the last
+    `sliding_window` positions."""
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
     from models.adapter import ModelAdapter
@@ -29,7 +31,9 @@ def tiny_qwen2_audio(n_layers: int = 4, seed: int = 0):
                           d_model=32, max_source_positions=build.WINDOW_SECONDS * 50),
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id),
+                         tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+                         **({} if layer_types is None else dict(use_sliding_window=True, sliding_window=sliding_window,
+                                                               max_window_layers=0, layer_types=layer_types))),
         audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
     torch.manual_seed(seed)
@@ -37,10 +41,11 @@ def tiny_qwen2_audio(n_layers: int = 4, seed: int = 0):
     return ModelAdapter(model, processor, FAMILY, model_id=f"tiny-qwen2-audio-{n_layers}")
 
 
-def sensitive_tiny_qwen2_audio():
+def sensitive_tiny_qwen2_audio(layer_types: list[str] | None = None, sliding_window: int = 4):
     """`tiny_qwen2_audio(5 layers, seed 3)` with embeddings and head rescaled so that a changed word moves the
     answer logits by more than 0.1 (plain random init barely lets one token reach the answer position)."""
-    adapter = tiny_qwen2_audio(n_layers=5, seed=3)
+    adapter = tiny_qwen2_audio(n_layers=len(layer_types) if layer_types else 5, seed=3, layer_types=layer_types,
+                               sliding_window=sliding_window)
     with torch.no_grad():
         torch.nn.init.normal_(adapter.embed_tokens.weight, std=1.0)
         torch.nn.init.normal_(adapter.lm_head.weight, std=0.5)
