@@ -125,19 +125,36 @@ def load_processor(source: str, family: FamilySpec, config, trust_remote_code: b
                              f"from tokenizer and feature extractor ({str(err).splitlines()[0]})") from None
 
 
+BOOKKEEPING = ("transformers_version", "dtype", "torch_dtype", "output_attentions", "output_hidden_states",
+               "return_dict", "use_cache")  # config keys that say how a model was loaded or called, not what it is
+
+
+def _architecture(value):
+    """A config dict without its bookkeeping: keys starting with "_" (`_name_or_path`, the folder it was loaded
+    from; `_attn_implementation`) and `BOOKKEEPING`, at every level."""
+    if isinstance(value, dict):
+        return {k: _architecture(v) for k, v in value.items() if not str(k).startswith("_") and k not in BOOKKEEPING}
+    return value
+
+
 def config_hash(adapter: ModelAdapter) -> str:
-    """A short hash of the model's config (architecture and sizes)."""
-    text = json.dumps(adapter.model.config.to_dict(), sort_keys=True, default=str)
+    """A short hash of the model's architecture config (sizes, layer types, token ids): the same for every copy of
+    a model, whatever folder it was loaded from, with which transformers version, in which dtype."""
+    text = json.dumps(_architecture(adapter.model.config.to_dict()), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def weights_fingerprint(adapter: ModelAdapter) -> str:
-    """A cheap hash of the weights: the first 64 values of every parameter (a retrained model with the same config
-    gets another fingerprint; a full hash of a 7B model would take minutes)."""
+    """A hash of the weights that any changed value changes: per parameter its name, shape, first 64 values and
+    the exact integer sum of its float32 bit patterns (order-free, so the same on every device; one read of the
+    weights, about a second for a 7B model on a GPU)."""
     digest = hashlib.sha256()
     for name, param in adapter.model.named_parameters():
-        digest.update(name.encode())
-        digest.update(param.detach().flatten()[:64].float().cpu().numpy().tobytes())
+        values = param.detach().flatten()
+        digest.update(f"{name} {tuple(param.shape)}".encode())
+        digest.update(values[:64].float().cpu().numpy().tobytes())
+        bit_sum = sum(int(chunk.float().view(torch.int32).sum(dtype=torch.int64)) for chunk in values.split(2**24))
+        digest.update(str(bit_sum).encode())
     return digest.hexdigest()[:16]
 
 
