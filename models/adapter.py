@@ -108,8 +108,8 @@ class ModelAdapter:
 
     @property
     def window_seconds(self) -> float:
-        """Seconds of audio in one feature window (the extractor's `chunk_length`)."""
-        return self.extractor.n_samples / self.extractor.sampling_rate
+        """Seconds of audio in one feature window (the extractor's `chunk_length`, or the family's own window)."""
+        return self.family.window_samples(self.processor) / self.sampling_rate
 
     @property
     def max_windows(self) -> int:
@@ -123,7 +123,7 @@ class ModelAdapter:
 
     @property
     def audio_token_id(self) -> int:
-        return int(getattr(self.model.config, self.family.audio_token_attr))
+        return int(resolve(self.model.config, self.family.audio_token_attr))
 
     def check_layer(self, layer: int, what: str = "layer") -> int:
         """`layer` as a residual index 0..n_layers, or a `ModalflipError` that names the valid range."""
@@ -144,10 +144,15 @@ class ModelAdapter:
             raise ModalflipError(f"{len(waveforms)} clips for {len(prompts)} prompts")
         waves = [w if isinstance(w, torch.Tensor) else torch.as_tensor(np.asarray(w), dtype=torch.float32)
                  for w in waveforms]
-        features, feature_mask = log_mel(waves, self.extractor, device=self.device, max_windows=self.max_windows)
+        window = self.family.window_samples(self.processor)
+        if self.family.features is not None:
+            features, feature_mask = self.family.features(waves, self.extractor, self.device, window)
+        else:
+            features, feature_mask = log_mel(waves, self.extractor, device=self.device, max_windows=self.max_windows,
+                                             pad_to_longest=self.family.feature_padding == "longest")
         texts = [self.render(p) for p in prompts]
         per_window = self.family.audio_token_count(feature_mask)  # (rows,): a clip's tokens sum over its windows
-        windows = window_counts([w.shape[-1] for w in waves], int(self.extractor.n_samples))
+        windows = window_counts([w.shape[-1] for w in waves], window)
         n_audio = [int(part.sum()) for part in per_window.split(windows)]
         expanded = [self.family.expand_audio(text, n, self.processor) for text, n in zip(texts, n_audio)]
         self.tokenizer.padding_side = "right"
@@ -158,8 +163,11 @@ class ModelAdapter:
             "input_ids": encoded["input_ids"].to(self.device),
             "attention_mask": encoded["attention_mask"].to(self.device),
             self.family.features_key: features.to(self.dtype),
-            self.family.feature_mask_key: feature_mask,
         }
+        if self.family.feature_mask_key is not None:  # Voxtral's encoder takes no feature mask
+            inputs[self.family.feature_mask_key] = feature_mask
+        if self.family.audio_sizes_key is not None:  # Phi-4 takes each clip's audio token count as an input
+            inputs[self.family.audio_sizes_key] = per_window
         if self.family.position_ids is not None:
             inputs["position_ids"] = self.family.position_ids(self.model, inputs)
         return Batch(inputs=inputs, spans=spans, prompts=list(prompts))

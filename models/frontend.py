@@ -10,6 +10,9 @@ Long audio: most families take one window per clip (Qwen2-Audio and Qwen2.5-Omni
 clip into consecutive windows (30 s each, up to 20 = 600 s); with `max_windows > 1` every window becomes one row
 of the output, clip after clip, each padded and floored on its own, as AF3's processor does. A clip longer than
 `max_windows` windows is an error: the HF processors would silently truncate it, which an attack must not do.
+
+Qwen3-Omni's processor pads a batch only to its longest clip (`padding="longest"`), not to the window:
+`pad_to_longest=True` does the same (one window per clip; the window still bounds the clip length).
 """
 from __future__ import annotations
 
@@ -28,13 +31,14 @@ def window_counts(lengths: Sequence[int], window: int) -> list[int]:
 
 def log_mel(
     waveforms: Sequence[torch.Tensor] | torch.Tensor, extractor, device: torch.device | str | None = None,
-    max_windows: int = 1,
+    max_windows: int = 1, pad_to_longest: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Whisper log-mel features of 16 kHz mono waveforms in [-1, 1].
 
     Returns `(input_features, feature_attention_mask)`: features (rows, n_mels, n_frames) in float32 and the mask
     (rows, n_frames) as int64, n_frames = window samples // hop. With `max_windows = 1` (the default) rows are the
     clips; otherwise a clip of n samples takes `ceil(n / window)` consecutive rows (see `window_counts`).
+    With `pad_to_longest` rows are padded to the longest clip instead of the window (n_frames = its samples // hop).
     A 2-D tensor is a batch of equal-length clips. Gradients flow to the waveforms.
     """
     if isinstance(waveforms, torch.Tensor):
@@ -50,6 +54,9 @@ def log_mel(
     n_samples, hop, n_fft = int(extractor.n_samples), int(extractor.hop_length), int(extractor.n_fft)
     rate = extractor.sampling_rate
     device = torch.device(device) if device is not None else waveforms[0].device
+    if pad_to_longest and max_windows != 1:
+        raise ValueError("pad_to_longest takes one window per clip (max_windows = 1)")
+    width = max(int(w.shape[-1]) for w in waveforms) if pad_to_longest else n_samples  # samples per row
     rows, masks = [], []
     for index, wave in enumerate(waveforms):
         if wave.dim() != 1:
@@ -64,10 +71,10 @@ def log_mel(
         wave = wave.to(device, torch.float32)
         for start in range(0, n_windows * n_samples, n_samples):
             chunk = wave[start:start + n_samples]
-            rows.append(torch.nn.functional.pad(chunk, (0, n_samples - chunk.shape[0])))
-            mask = torch.zeros(n_samples, dtype=torch.long, device=device)
+            rows.append(torch.nn.functional.pad(chunk, (0, width - chunk.shape[0])))
+            mask = torch.zeros(width, dtype=torch.long, device=device)
             mask[:chunk.shape[0]] = 1
-            masks.append(mask[::hop][: n_samples // hop])
+            masks.append(mask[::hop][: width // hop])
     batch = torch.stack(rows)
     window = torch.hann_window(n_fft, device=device)
     stft = torch.stft(batch, n_fft, hop, window=window, return_complex=True)

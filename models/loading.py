@@ -110,6 +110,8 @@ def load_processor(source: str, family: FamilySpec, config, trust_remote_code: b
         processor = transformers.AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (ImportError, TypeError, ValueError, OSError) as err:
         processor, problem = None, (str(err).splitlines() or [type(err).__name__])[0]
+    if processor is not None and family.always_shim:
+        processor, problem = None, f"{family.name} prompts are rendered by modalflip's stand-in"
     if processor is not None:
         if hasattr(processor, "feature_extractor") and hasattr(processor, "tokenizer"):
             return processor
@@ -118,8 +120,7 @@ def load_processor(source: str, family: FamilySpec, config, trust_remote_code: b
         raise ModalflipError(f"cannot build the {family.name} processor of {source} ({problem}); the checkpoint "
                              "needs its processor files (preprocessor_config.json, tokenizer, chat template)")
     try:
-        return load_audio_chat_processor(source, getattr(config, family.audio_token_attr), family.audio_token_count,
-                                         family.feature_mask_key, trust_remote_code)
+        return load_audio_chat_processor(source, config, family, trust_remote_code)
     except (OSError, ValueError) as err:
         raise ModalflipError(f"cannot build the {family.name} processor of {source} ({problem}), nor its stand-in "
                              f"from tokenizer and feature extractor ({str(err).splitlines()[0]})") from None

@@ -3,17 +3,20 @@ from __future__ import annotations
 
 from models.families.audio_flamingo3 import FAMILY as AUDIO_FLAMINGO3
 from models.families.base import FamilySpec
+from models.families.phi4_multimodal import FAMILY as PHI4_MULTIMODAL
 from models.families.qwen2_5_omni import FAMILY as QWEN2_5_OMNI
 from models.families.qwen2_audio import FAMILY as QWEN2_AUDIO
+from models.families.qwen3_omni import FAMILY as QWEN3_OMNI
+from models.families.voxtral import FAMILY as VOXTRAL
 
-FAMILIES: dict[str, FamilySpec] = {t: f for f in (QWEN2_AUDIO, QWEN2_5_OMNI, AUDIO_FLAMINGO3) for t in f.model_types}
+FAMILIES: dict[str, FamilySpec] = {t: f for f in (QWEN2_AUDIO, QWEN2_5_OMNI, AUDIO_FLAMINGO3, QWEN3_OMNI,
+                                                  PHI4_MULTIMODAL, VOXTRAL) for t in f.model_types}
 
 UNSUPPORTED: dict[str, str] = {
-    "voxtral": "its processor needs mistral_common and a tekken.json tokenizer file",
-    "qwen3_omni_moe": "thinker not wired yet (features are not padded; audio tokens ≈ 13 per second)",
-    "phi4_multimodal": "prompts are built by hand (no chat template for audio); not wired yet",
     "granite_speech": "its feature extractor imports torchaudio, which breaks on CPU torch",
-    "gemma3n": "AltUp stacks four residual streams and soft-caps logits; the lens needs its own rules",
+    "gemma3n": ("AltUp carries four residual streams (4, batch, tokens, width) and each decoder layer also takes "
+                "per-layer token embeddings positionally; its last layers reuse keys and values stored by earlier "
+                "ones; the logits are soft-capped; the traced forward, resume and lens do not model these yet"),
 }
 
 

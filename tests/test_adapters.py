@@ -344,8 +344,8 @@ def test_unsupported_architecture_is_one_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ModalflipError, match="'bert' is not supported.*qwen2_audio"):
         load_model(str(tmp_path), device="cpu")
-    transformers.VoxtralConfig().save_pretrained(tmp_path)
-    with pytest.raises(ModalflipError, match="'voxtral' is not supported: its processor needs mistral_common"):
+    transformers.GraniteSpeechConfig().save_pretrained(tmp_path)
+    with pytest.raises(ModalflipError, match="'granite_speech' is not supported: its feature extractor imports"):
         load_model(str(tmp_path), device="cpu")
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -10,6 +10,11 @@ import torch
 def single_window(processor) -> int:
     """Most families take one window per clip (the extractor's `chunk_length`, 30 s for the real checkpoints)."""
     return 1
+
+
+def extractor_window(processor) -> int:
+    """Samples in one feature window: the Whisper extractor's `n_samples` (`chunk_length` seconds)."""
+    return int(processor.feature_extractor.n_samples)
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,7 @@ class FamilySpec:
     paths: dict[str, str]  # "layers" | "norm" | "lm_head" | "embed" -> dotted attribute path from the model
     audio_token_attr: str  # config attribute holding the audio placeholder token id
     features_key: str  # forward kwarg of the log-mel features
-    feature_mask_key: str  # forward kwarg of the feature attention mask
+    feature_mask_key: str | None  # forward kwarg of the feature attention mask (None: the model takes none)
     audio_token_count: Callable[[torch.Tensor], torch.Tensor]  # feature mask (rows, frames) -> audio tokens per row
     expand_audio: Callable[[str, int, object], str]  # (rendered chat, n tokens, processor) -> expanded text
     notes: str = ""
@@ -34,10 +39,30 @@ class FamilySpec:
     # Whether a processor that cannot be built (Qwen2.5-Omni's needs torchvision for video) may be replaced by
     # `processor_shim.AudioChatProcessor` (the checkpoint's tokenizer, feature extractor and chat template).
     processor_shim: bool = False
+    # Whether the stand-in replaces the family's processor even where that one builds: Voxtral's renders chats
+    # only as token ids (through mistral_common), Phi-4's has no template for audio.
+    always_shim: bool = False
+    # How the processor pads a batch's audio: to the extractor's window ("max_length", most families) or to the
+    # longest clip of the batch ("longest", Qwen3-Omni). The front end and the processor stand-in do the same.
+    feature_padding: str = "max_length"
+    # Samples in one window (processor -> count); the longest clip is `max_windows` of them.
+    window_samples: Callable[[object], int] = extractor_window
+    # A differentiable front end for an extractor that is not Whisper's: (clips, extractor, device, window samples)
+    # -> (features, feature mask); None means `models.frontend.log_mel`.
+    features: Callable[[Sequence[torch.Tensor], object, torch.device, int],
+                       tuple[torch.Tensor, torch.Tensor]] | None = None
+    # Forward kwarg that takes each clip's audio token count (Phi-4's `audio_embed_sizes`), if the model wants one.
+    audio_sizes_key: str | None = None
+    # A chat template that replaces the checkpoint's (Phi-4 ships none for audio parts); `{{ audio_token }}` is the
+    # audio placeholder. Used by the processor stand-in.
+    chat_template: str | None = None
+    # The stand-in's class when the family's reference input path is not the Whisper one (an `AudioChatProcessor`
+    # subclass); None means `AudioChatProcessor`.
+    processor_class: type | None = None
 
 
 def resolve(root: torch.nn.Module, path: str):
-    """Follow a dotted attribute path such as 'model.language_model.layers'."""
+    """Follow a dotted attribute path such as 'model.language_model.layers' (or 'audio_config.audio_token_id')."""
     node = root
     for part in path.split("."):
         node = getattr(node, part)

@@ -19,6 +19,7 @@ import transformers
 from transformers.utils import cached_file
 
 from common.errors import ModalflipError
+from models.families.base import FamilySpec, resolve
 
 TEMPLATE_FILE = "chat_template.jinja"
 
@@ -28,13 +29,14 @@ class AudioChatProcessor:
 
     def __init__(self, tokenizer, feature_extractor, chat_template: str, audio_token: str,
                  audio_token_count: Callable[[torch.Tensor], torch.Tensor],
-                 feature_mask_key: str = "feature_attention_mask"):
+                 feature_mask_key: str = "feature_attention_mask", feature_padding: str = "max_length"):
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
         self.chat_template = chat_template
         self.audio_token = audio_token
         self.audio_token_count = audio_token_count
         self.feature_mask_key = feature_mask_key
+        self.feature_padding = feature_padding  # "max_length" (the window) or "longest" (the batch's longest clip)
 
     def apply_chat_template(self, messages: list[dict], tokenize: bool = False,
                             add_generation_prompt: bool = True) -> str:
@@ -42,23 +44,28 @@ class AudioChatProcessor:
         if tokenize:
             raise ModalflipError("AudioChatProcessor renders text only; tokenize with its __call__")
         return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+                                                  add_generation_prompt=add_generation_prompt,
+                                                  audio_token=self.audio_token)
 
     def __call__(self, text: Sequence[str], audio: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         """Model inputs from rendered chats (one audio placeholder each) and 16 kHz clips, through the numpy
-        feature extractor: what the family's own processor returns for audio and text."""
+        feature extractor padded as `feature_padding` says: what the family's own processor returns for audio and
+        text."""
         if len(text) != len(audio):
             raise ModalflipError(f"{len(text)} texts for {len(audio)} clips")
         features = self.feature_extractor(
             [np.asarray(a, dtype=np.float32) for a in audio], sampling_rate=self.feature_extractor.sampling_rate,
-            padding="max_length", return_attention_mask=True, return_tensors="pt")
+            padding=self.feature_padding, return_attention_mask=True, return_tensors="pt")
         mask = features["attention_mask"]
         counts = self.audio_token_count(mask)
         expanded = [t.replace(self.audio_token, self.audio_token * int(n)) for t, n in zip(text, counts)]
         encoded = self.tokenizer(expanded, padding=True, padding_side="left", return_tensors="pt",
                                  add_special_tokens=False)
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-                "input_features": features["input_features"], self.feature_mask_key: mask}
+        inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                  "input_features": features["input_features"]}
+        if self.feature_mask_key is not None:
+            inputs[self.feature_mask_key] = mask
+        return inputs
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Tokenizer, feature extractor and `chat_template.jinja`, loadable with `load_audio_chat_processor`."""
@@ -68,19 +75,24 @@ class AudioChatProcessor:
         (folder / TEMPLATE_FILE).write_text(self.chat_template, encoding="utf-8")
 
 
-def load_audio_chat_processor(source: str, audio_token_id: int,
-                              audio_token_count: Callable[[torch.Tensor], torch.Tensor],
-                              feature_mask_key: str = "feature_attention_mask",
+def load_audio_chat_processor(source: str, config, family: FamilySpec,
                               trust_remote_code: bool = False) -> AudioChatProcessor:
-    """The stand-in for a checkpoint folder or cached hub id; the placeholder is the token of `audio_token_id`."""
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    """The stand-in for a checkpoint folder or cached hub id of `family`; the placeholder is the token of the
+    config's audio token id; the template is the family's own where it has one (Phi-4), else the checkpoint's."""
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except ImportError as err:  # Voxtral's tekken tokenizer needs mistral_common
+        raise ModalflipError(f"the {family.name} tokenizer of {source} cannot be built here "
+                             f"({str(err).splitlines()[0]})") from None
     extractor = transformers.AutoFeatureExtractor.from_pretrained(source, trust_remote_code=trust_remote_code)
-    template = _checkpoint_template(source) or tokenizer.chat_template
+    template = family.chat_template or _checkpoint_template(source) or tokenizer.chat_template
     if not template:
         raise ModalflipError(f"{source} ships no chat template (chat_template.jinja, chat_template.json or in "
                              "tokenizer_config.json); modalflip builds prompts with the model's own template")
-    return AudioChatProcessor(tokenizer, extractor, template, tokenizer.convert_ids_to_tokens(int(audio_token_id)),
-                              audio_token_count, feature_mask_key)
+    audio_token = tokenizer.convert_ids_to_tokens(int(resolve(config, family.audio_token_attr)))
+    stand_in = family.processor_class or AudioChatProcessor
+    return stand_in(tokenizer, extractor, template, audio_token, family.audio_token_count, family.feature_mask_key,
+                    family.feature_padding)
 
 
 def _checkpoint_template(source: str) -> str | None:
