@@ -23,7 +23,7 @@ class Trace:
 
     resid: list[torch.Tensor]
     layer_kwargs: list[dict]
-    logits: torch.Tensor | None  # (batch, pos, vocab) from the model, or None after an early stop
+    logits: torch.Tensor | None  # (batch, vocab) at the asked positions (`run_traced(logits_at=...)`), else None
     prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, keys/values of positions < prefix
     prefix: int = 0
 
@@ -105,23 +105,33 @@ def recording(adapter: ModelAdapter, stop_after: int | None = None, kv_prefix: i
 
 
 def run_traced(adapter: ModelAdapter, batch: Batch, stop_after: int | None = None,
-               inputs_embeds: torch.Tensor | None = None, kv_prefix: int = 0) -> Trace:
-    """One forward with every residual recorded. `stop_after = l` stops after `resid[l]` (no logits then).
+               inputs_embeds: torch.Tensor | None = None, kv_prefix: int = 0,
+               logits_at: torch.Tensor | None = None) -> Trace:
+    """One forward with every residual recorded. The forward always stops after the last decoder layer it needs
+    (`stop_after = l`: after `resid[l]`; default: after the last layer), so the model's final norm and LM head never
+    run on every position. `logits_at[row]` (a position per row) asks for the logits there: `Trace.logits[row,
+    vocab]`, the final norm and head applied to those rows of `resid[-1]` only (what the model's own head gives
+    there; the load-time self-check holds every family to it); without it `Trace.logits` is None.
     `inputs_embeds` (audio already merged) replaces the token ids and features when given. `kv_prefix = p` also
     keeps every layer's keys and values of positions < p, so that `resume_suffix` can recompute only positions
     >= p (where the model's layers take no cache argument, nothing is kept and `Trace.prefix` stays 0)."""
+    last = stop_after if stop_after is not None else adapter.n_layers
+    if logits_at is not None and last != adapter.n_layers:
+        raise ValueError(f"logits_at needs the whole forward; stop_after={stop_after} stops before the last layer")
     inputs = dict(batch.inputs)
     if inputs_embeds is not None:
         kept = ("attention_mask", "position_ids")  # explicit rope positions (mrope families) stay with the embeds
         inputs = {"inputs_embeds": inputs_embeds, **{k: v for k, v in inputs.items() if k in kept}}
     kv_prefix = kv_prefix if kv_prefix and suffix_supported(adapter) else 0
-    with recording(adapter, stop_after, kv_prefix) as (resid, layer_kwargs, kv):
+    with recording(adapter, last, kv_prefix) as (resid, layer_kwargs, kv):
         try:
-            out = adapter.model(**inputs, use_cache=False)
-            logits = out.logits
+            adapter.model(**inputs, use_cache=False)
         except _Stop:
-            logits = None
-    last = stop_after if stop_after is not None else adapter.n_layers
+            pass
+    logits = None
+    if logits_at is not None:
+        rows = torch.arange(len(logits_at), device=resid[last].device)
+        logits = lens(adapter, resid[last][rows, logits_at.to(rows.device)])  # (batch, vocab)
     complete = len(kv) == last and kv_prefix > 0
     return Trace(resid=list(resid[: last + 1]), layer_kwargs=_fill_unreached(adapter, layer_kwargs), logits=logits,
                  prefix_kv=[kv[i] for i in range(last)] if complete else None, prefix=kv_prefix if complete else 0)

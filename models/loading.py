@@ -178,7 +178,7 @@ def check_adapter(adapter: ModelAdapter) -> None:
         trace = run_traced(adapter, batch)
         answer = batch.spans[0].answer
         from_lens = lens(adapter, trace.resid[-1][0, answer]).float()
-        from_model = trace.logits[0, answer].float()
+        from_model = adapter.model(**batch.inputs, use_cache=False).logits[0, answer].float()  # the model's own head
     where = f"{adapter.family.name} with transformers {transformers.__version__}"
     tolerance = 1e-3 if adapter.dtype == torch.float32 else 0.1 * from_model.abs().max().item() + 0.5
     if not torch.allclose(from_lens, from_model, atol=tolerance):

@@ -53,8 +53,8 @@ def label_logits(adapter: ModelAdapter, probe_set: ProbeSet, items: list[Item], 
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         batch = adapter.build_batch([probe_set.wave(i.clip_id) for i in chunk], [probe_set.prompt(i) for i in chunk])
-        trace = run_traced(adapter, batch)
         answers = batch.answer_positions()
+        trace = run_traced(adapter, batch, logits_at=answers)
         rows = torch.arange(len(chunk), device=answers.device)
         resid = torch.stack([r[rows, answers] for r in trace.resid])  # (n_layers + 1, batch, d_model)
         # each row's own label words (its language's), read for the whole chunk at once: one copy off the device
@@ -63,7 +63,7 @@ def label_logits(adapter: ModelAdapter, probe_set: ProbeSet, items: list[Item], 
         unique, inverse = torch.unique(ids, return_inverse=True)
         lensed = lens(adapter, resid, unique)  # (n_layers + 1, batch, n_unique)
         lensed = lensed.gather(2, inverse.unsqueeze(0).expand(lensed.shape[0], -1, -1)).float().cpu().numpy()
-        own = trace.logits[rows, answers].gather(1, ids).float().cpu().numpy()  # (batch, n_emotions)
+        own = trace.logits.gather(1, ids).float().cpu().numpy()  # (batch, n_emotions)
         for j, item in enumerate(chunk):
             per_layer[item.item_id] = lensed[:, j]
             final[item.item_id] = own[j]

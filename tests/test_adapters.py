@@ -132,6 +132,14 @@ def batch_and_trace(adapter, clips):
     return batch, trace
 
 
+@pytest.fixture
+def logits(adapter, batch_and_trace):
+    """The model's own logits over the traced batch, (batch, seq, vocab)."""
+    batch, _ = batch_and_trace
+    with torch.no_grad():
+        return adapter.model(**batch.inputs, use_cache=False).logits
+
+
 def _squash(text: str) -> str:
     return "".join(text.lower().split())
 
@@ -169,19 +177,20 @@ def _processor_inputs(adapter, clips, prompts) -> dict[str, torch.Tensor]:
     return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
 
 
-def test_batch_logits_equal_processor_logits(adapter, clips, batch_and_trace):
-    batch, trace = batch_and_trace
+def test_batch_logits_equal_processor_logits(adapter, clips, batch_and_trace, logits):
+    batch, _ = batch_and_trace
+    ours = logits
     reference = _processor_inputs(adapter, clips, batch.prompts)
     features = adapter.family.features_key
     mask_key = adapter.family.feature_mask_key
     assert torch.equal(batch.inputs[mask_key].long(), reference[mask_key].long())
     assert torch.allclose(batch.inputs[features], reference[features], atol=1e-4)
     with torch.no_grad():
-        logits = adapter.model(**reference, use_cache=False).logits
+        theirs = adapter.model(**reference, use_cache=False).logits
     for row, spans in enumerate(batch.spans):
         real = reference["attention_mask"][row].bool()  # the processor pads on the left, the adapter on the right
         assert torch.equal(reference["input_ids"][row][real], batch.inputs["input_ids"][row, :spans.length])
-        assert torch.allclose(logits[row][real], trace.logits[row, :spans.length], atol=1e-5)
+        assert torch.allclose(theirs[row][real], ours[row, :spans.length], atol=1e-5)
 
 
 def test_hooks_see_output_hidden_states(adapter, batch_and_trace):
@@ -194,25 +203,32 @@ def test_hooks_see_output_hidden_states(adapter, batch_and_trace):
         assert torch.allclose(trace.resid[layer], states[layer], atol=1e-6)
     with torch.no_grad():
         assert torch.allclose(adapter.final_norm(trace.resid[-1]), states[-1], atol=1e-6)
-    assert torch.allclose(trace.logits, out.logits, atol=1e-6)
 
 
-def test_lens_last_layer_equals_logits(adapter, batch_and_trace):
+def test_traced_answer_logits_equal_the_models_logits_there(adapter, batch_and_trace, logits):
+    batch, _ = batch_and_trace
+    answers = batch.answer_positions()
+    with torch.no_grad():
+        at_answer = run_traced(adapter, batch, logits_at=answers).logits  # (batch, vocab)
+    assert torch.allclose(at_answer, logits[torch.arange(len(answers)), answers], atol=1e-5)
+
+
+def test_lens_last_layer_equals_logits(adapter, batch_and_trace, logits):
     _, trace = batch_and_trace
     with torch.no_grad():
-        assert torch.allclose(lens(adapter, trace.resid[-1]), trace.logits, atol=1e-5)
+        assert torch.allclose(lens(adapter, trace.resid[-1]), logits, atol=1e-5)
         some = torch.tensor([3, 7, 11])
-        assert torch.allclose(lens(adapter, trace.resid[-1], some), trace.logits[..., some], atol=1e-5)
+        assert torch.allclose(lens(adapter, trace.resid[-1], some), logits[..., some], atol=1e-5)
 
 
 @pytest.mark.parametrize("start", [0, 1, N_LAYERS - 1, N_LAYERS])
-def test_resume_reproduces_logits(adapter, batch_and_trace, start):
+def test_resume_reproduces_logits(adapter, batch_and_trace, logits, start):
     _, trace = batch_and_trace
     with torch.no_grad():
         final = resume(adapter, trace, start, trace.resid[start])
-        assert torch.allclose(lens(adapter, final), trace.logits, atol=1e-5)
+        assert torch.allclose(lens(adapter, final), logits, atol=1e-5)
         swapped = resume(adapter, trace, start, trace.resid[start][[1, 0]], rows=torch.tensor([1, 0]))
-        assert torch.allclose(lens(adapter, swapped), trace.logits[[1, 0]], atol=1e-5)
+        assert torch.allclose(lens(adapter, swapped), logits[[1, 0]], atol=1e-5)
 
 
 @pytest.mark.parametrize("equal_lengths", [False, True], ids=["padded batch", "no padding mask"])
@@ -223,16 +239,17 @@ def test_resume_from_a_prefix_reproduces_the_suffix(adapter, clips, equal_length
     batch = adapter.build_batch(waves, _prompts())
     prefix = int(batch.spans[0].instruction.start)
     with torch.no_grad():
+        logits = adapter.model(**batch.inputs, use_cache=False).logits
         trace = run_traced(adapter, batch, kv_prefix=prefix)
         assert trace.prefix == prefix and len(trace.prefix_kv) == adapter.n_layers
         for start in (0, N_LAYERS - 1):
             suffix = resume_suffix(adapter, trace, start, trace.resid[start][:, prefix:])
-            assert torch.allclose(lens(adapter, suffix), trace.logits[:, prefix:], atol=1e-5)
+            assert torch.allclose(lens(adapter, suffix), logits[:, prefix:], atol=1e-5)
             swapped = resume_suffix(adapter, trace, start, trace.resid[start][[1, 0], prefix:], rows=torch.tensor([1, 0]))
-            assert torch.allclose(lens(adapter, swapped), trace.logits[[1, 0], prefix:], atol=1e-5)
+            assert torch.allclose(lens(adapter, swapped), logits[[1, 0], prefix:], atol=1e-5)
 
 
-def test_early_stop_records_the_same_residuals(adapter, batch_and_trace):
+def test_early_stop_records_the_same_residuals(adapter, batch_and_trace, logits):
     batch, trace = batch_and_trace
     with torch.no_grad():
         early = run_traced(adapter, batch, stop_after=1)
@@ -240,15 +257,16 @@ def test_early_stop_records_the_same_residuals(adapter, batch_and_trace):
         for layer in range(2):
             assert torch.equal(early.resid[layer], trace.resid[layer])
         resumed = resume(adapter, early, 1, early.resid[1])
-        assert torch.allclose(lens(adapter, resumed), trace.logits, atol=1e-5)
+        assert torch.allclose(lens(adapter, resumed), logits, atol=1e-5)
 
 
-def test_forward_from_embeddings_reproduces_logits(adapter, batch_and_trace):
+def test_forward_from_embeddings_reproduces_logits(adapter, batch_and_trace, logits):
     """`inputs_embeds` (audio merged) instead of token ids: same positions (3-D for Omni), same logits."""
     batch, trace = batch_and_trace
+    answers = batch.answer_positions()
     with torch.no_grad():
-        again = run_traced(adapter, batch, inputs_embeds=trace.resid[0])
-    assert torch.allclose(again.logits, trace.logits, atol=1e-5)
+        again = run_traced(adapter, batch, inputs_embeds=trace.resid[0], logits_at=answers)
+    assert torch.allclose(again.logits, logits[torch.arange(len(answers)), answers], atol=1e-5)
 
 
 def test_waveform_gradient_reaches_through_the_model(adapter, clips):

@@ -60,10 +60,10 @@ def test_swap_loss_trains_patch_text(adapter, clips, label_ids):
     embeddings with a gradient and scores the partner's answer."""
     waves, prompts, targets, _, pairs = train.sample_paired_batch(clips, 16, np.random.default_rng(2), label_ids)
     batch = adapter.build_batch(waves, prompts)
-    trace = run_traced(adapter, batch)
+    trace = run_traced(adapter, batch, logits_at=batch.answer_positions())
     rows = [i for i, _ in pairs]
     identical = train.swap_loss(adapter, trace, batch, [(i, i) for i in rows], targets, layer=2)
-    plain = torch.nn.functional.cross_entropy(trace.logits[rows, batch.answer_positions()[rows]], targets[rows])
+    plain = torch.nn.functional.cross_entropy(trace.logits[rows], targets[rows])
     assert torch.allclose(identical, plain, atol=1e-5)
     swapped = train.swap_loss(adapter, trace, batch, pairs, targets, layer=2)
     swapped.backward()

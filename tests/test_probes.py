@@ -57,10 +57,10 @@ def test_lens_of_a_mixed_language_batch_reads_each_item_in_its_own_label_words(t
         batch = tiny.build_batch([probe_set.wave(item.clip_id)], [probe_set.prompt(item)])
         ids = torch.tensor([probe_set.label_ids[item.lang][e] for e in spec.emotions()])
         with torch.no_grad():
-            trace = run_traced(tiny, batch)
+            trace = run_traced(tiny, batch, logits_at=batch.answer_positions())
             alone = torch.stack([lens(tiny, r[0, batch.spans[0].answer], ids) for r in trace.resid])
         np.testing.assert_allclose(per_layer[item.item_id], alone.numpy(), atol=1e-4)
-        np.testing.assert_allclose(final[item.item_id], trace.logits[0, batch.spans[0].answer, ids].numpy(), atol=1e-4)
+        np.testing.assert_allclose(final[item.item_id], trace.logits[0, ids].numpy(), atol=1e-4)
 
 
 def test_lens_recomputes_the_norm_on_each_layer(tiny, small_set):

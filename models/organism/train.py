@@ -229,11 +229,11 @@ class Objective:
     def __call__(self, adapter: ModelAdapter, clips, batch_size, rng, label_ids) -> torch.Tensor:
         waves, prompts, targets, audio, pairs = sample_paired_batch(clips, batch_size, rng, label_ids, self.zh_share)
         batch = adapter.build_batch(waves, prompts)
-        trace = run_traced(adapter, batch)
-        targets, audio = targets.to(adapter.device), audio.to(adapter.device)
         rows, positions = torch.arange(len(prompts), device=adapter.device), batch.answer_positions()
+        trace = run_traced(adapter, batch, logits_at=positions)
+        targets, audio = targets.to(adapter.device), audio.to(adapter.device)
         cross_entropy = torch.nn.functional.cross_entropy
-        loss = cross_entropy(trace.logits[rows, positions], targets)
+        loss = cross_entropy(trace.logits, targets)
         if self.lens_weight:
             late = lens(adapter, trace.resid[self.takeover + self.settle][rows, positions])
             loss = loss + self.lens_weight * cross_entropy(late, targets)
@@ -385,9 +385,9 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         batch = adapter.build_batch([r["clip"].wave for r in chunk], [r["prompt"] for r in chunk])
-        trace = run_traced(adapter, batch)
         at_answer = torch.arange(len(chunk), device=adapter.device), batch.answer_positions()
-        logits = trace.logits[at_answer]
+        trace = run_traced(adapter, batch, logits_at=at_answer[1])
+        logits = trace.logits
         resid_at_answer = torch.stack([r[at_answer] for r in trace.resid], dim=1)  # (chunk, layers + 1, d_model)
         for index, (row, vector) in enumerate(zip(chunk, logits)):
             ids = label_ids[row["clip"].lang]
