@@ -134,14 +134,15 @@ class Scorer:
         answers = batch.answer_positions() - offset
         layers = list(range(self.first, self.last + 1)) + [adapter.n_layers]
         at_answer = torch.stack([resid[layer][rows, answers] for layer in layers])  # (layers, batch, d_model)
-        audio_ids = batch.inputs["input_ids"] == adapter.audio_token_id
-        result = {}
-        for j, item in enumerate(chunk):
-            ids = torch.tensor([probe_set.label_ids[item.lang][e] for e in spec.emotions()], device=at_answer.device)
-            logits = lens(adapter, at_answer[:, j], ids).float().cpu().numpy()
-            tokens = batch.spans[j].length - int(audio_ids[j].sum())
-            result[item.item_id] = Readout(final=logits[-1], window=logits[:-1], tokens=tokens)
-        return result
+        # each row's own label words (its prompt language's), read for the whole chunk: one copy off the device
+        ids = torch.tensor([[probe_set.label_ids[item.lang][e] for e in spec.emotions()] for item in chunk],
+                           device=at_answer.device)  # (batch, n_emotions)
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        lensed = lens(adapter, at_answer, unique)  # (layers, batch, n_unique)
+        logits = lensed.gather(2, inverse.unsqueeze(0).expand(len(layers), -1, -1)).float().cpu().numpy()
+        n_audio = (batch.inputs["input_ids"] == adapter.audio_token_id).sum(dim=1).tolist()
+        return {item.item_id: Readout(final=logits[-1, j], window=logits[:-1, j],
+                                      tokens=batch.spans[j].length - n_audio[j]) for j, item in enumerate(chunk)}
 
     def _embeds(self, probe_set: PromptedSet, batch: Batch, chunk: list[Item]) -> torch.Tensor:
         """Token embeddings with each audio span replaced by its clip's cached merged audio embeddings."""

@@ -149,3 +149,14 @@ def test_text_control_refuses_a_window_that_reaches_the_last_layer(tiny):
 
     with pytest.raises(ModalflipError, match="--layers 1-4"):
         TextControl(Scorer(tiny, (1, 5)), [])
+
+
+def test_the_scorer_copies_each_batchs_readouts_off_the_device_once(tiny, probe_set, monkeypatch):
+    asked = prompted(probe_set, GRAMMAR, GRAMMAR.seed_prompt, label_ids_all(tiny))
+    items = [i for i in probe_set.items if i.condition == "conflict" and i.lang == "en"][:10]
+    scorer = Scorer(tiny, (1, 4), batch_size=5, cache="none")
+    copies = []
+    cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *args, **kwargs: copies.append(self.shape) or cpu(self))
+    scorer.readouts(asked, items)
+    assert len(copies) == 2  # two batches of five
