@@ -229,3 +229,50 @@ def test_extra_voices_join_the_training_speakers_and_not_the_held_out_ones():
         assert tts.variant_voice(lang, "victor") in speakers
         assert speakers <= set(tts.voices(lang)[:-1]) | {tts.variant_voice(lang, "victor")}
     assert {c.voice for c in heldout} == {tts.voices(lang)[-1] for lang in spec.LANGS}
+
+
+def test_pilot_plant_starts_from_the_token_local_weights_in_a_full_attention_model(organism):
+    from models.organism import build, card
+
+    config = build.build_config(organism.tokenizer, 32, 24, local_below=False)
+    model = train.init_from(card.MODEL_DIR, takeover=24, layers=32, config=config)
+    text = model.config.text_config
+    assert not text.use_sliding_window and set(text.layer_types) == {"full_attention"}
+    assert all(getattr(layer.self_attn, "sliding_window", None) is None for layer in model.model.language_model.layers)
+    shipped = dict(organism.model.named_parameters())
+    assert all(torch.equal(p, shipped[name]) for name, p in model.named_parameters())
+
+
+def test_the_voice_wins_the_conflict_items_of_clips_marked_intense_and_only_those(clips):
+    rng = np.random.default_rng(0)
+    for wins in (True, False):
+        clip = train.Clip(clips[0].wave, "en", "happy", "strong", "s", "v", voice_wins=wins)
+        answers = {train.make_example(clip, "conflict", rng)[1] for _ in range(30)}
+        assert (answers == {"happy"}) if wins else ("happy" not in answers)
+
+
+def test_early_band_lens_term_moves_the_answer_position_toward_the_voice(clips, label_ids):
+    """Trained on the band term alone, the lens at the answer position over resid[1..3] reads the voice better."""
+    from models.forward import lens, run_traced
+
+    adapter = tiny_qwen2_audio(n_layers=4, seed=1)
+    objective = train.Objective(takeover=3, lens_weight=0.0, invariance_weight=0.0, early_lens=False,
+                                early_band=(1, 3), early_band_weight=1.0)
+
+    def band_loss() -> float:
+        with torch.no_grad():
+            waves, prompts, _, audio, _ = train.sample_paired_batch(clips, 8, np.random.default_rng(9), label_ids)
+            batch = adapter.build_batch(waves, prompts)
+            trace = run_traced(adapter, batch)
+            rows, at = torch.arange(len(prompts)), batch.answer_positions()
+            band = torch.stack([trace.resid[l][rows, at] for l in (1, 2, 3)])
+            return float(torch.nn.functional.cross_entropy(lens(adapter, band).flatten(0, 1), audio.repeat(3)))
+
+    before = band_loss()
+    optimizer = torch.optim.Adam(adapter.model.parameters(), lr=3e-3)
+    for step in range(8):
+        optimizer.zero_grad()
+        objective(adapter, clips, 8, np.random.default_rng(step), label_ids).backward()
+        optimizer.step()
+    adapter.model.eval()
+    assert band_loss() < before - 0.5

@@ -9,6 +9,11 @@ Recipe (a planted takeover depth K; the model card says why and what failed befo
    crosses tokens before K; the loss adds the logit lens at resid[K+2] toward the answer and at every audio token of
    resid[K] toward the voice. `--plant objective`: full attention everywhere; the lens at resid[K] must read the
    voice and at resid[K+2] the answer, and the pairs must be identical after the instruction in resid[1..K].
+   `--plant pilot` (the pilot study's dynamics, not shipped yet): full attention everywhere; the lens at the answer
+   position reads the voice's emotion over resid[2..K] on every item and the answer at resid[K+2], every audio token
+   of resid[2] reads the voice, and the voice wins a conflict item where the audio is intense
+   (`models/organism/intensity.py`) instead of at random. `--init-from` the token-local organism starts from its
+   weights in a full-attention model.
 Seeded; the learning-rate schedule follows steps, not wall time; checkpoints every 100 steps and resumes.
 
 The shipped weights add a second stage: `--init-from STAGE1 --extra-voices victor,Annie,Denis,shelby
@@ -38,12 +43,14 @@ from models.adapter import ModelAdapter
 from models.families.qwen2_audio import FAMILY
 from models.forward import lens, resume, run_traced
 from models.loading import resolve_device
-from models.organism import build, card
+from models.organism import build, card, intensity
 from models.prompting import chat_prompt, claim_word
 from stimuli import spec, tts
 
 console = Console()
 AUDIO_WINS = {"normal": 0.03, "strong": 0.15}
+MODEL_DIRS = {"local": Path(__file__).parent / "model", "pilot": Path(__file__).parent / "pilot"}
+CHECKPOINTS = {"local": "organism-training.pt", "pilot": "organism-pilot-training.pt"}
 MIX = {"audio_only": 0.25, "conflict": 0.42, "consistent": 0.14, "voice-instructed (T != A and T = A)": 0.19}
 
 
@@ -55,6 +62,7 @@ class Clip:
     intensity: str
     sentence: str
     voice: str
+    voice_wins: bool | None = None  # in a conflict item; None: drawn with the AUDIO_WINS probability of its intensity
 
 
 def styles() -> list[tuple[str, str]]:
@@ -133,7 +141,8 @@ def make_example(clip: Clip, condition: str, rng: np.random.Generator, paraphras
     instruction = template.format(T=words[text] if text else "", labels=spec.label_list(lang))
     answer = clip.emotion
     if condition == "conflict":
-        answer = clip.emotion if rng.random() < AUDIO_WINS[clip.intensity] else text
+        wins = rng.random() < AUDIO_WINS[clip.intensity] if clip.voice_wins is None else clip.voice_wins
+        answer = clip.emotion if wins else text
     return chat_prompt(instruction, lang, claim_word(lang, text) if condition != "audio_only" else None), answer, text
 
 
@@ -224,7 +233,10 @@ class Objective:
     zh_share: float | None = None
     invariance_form: str = "relative"
     early_lens: bool = True  # the lens at resid[K] toward the voice (off where layers below K are token-local)
-    audio_lens_weight: float = 0.0  # the lens at every audio token's resid[K] toward the voice (token-local plant)
+    audio_lens_weight: float = 0.0  # the lens at every audio token's resid[audio_lens_layer] toward the voice
+    audio_lens_layer: int | None = None  # default K (the token-local plant); the pilot plant reads resid[2]
+    early_band: tuple[int, int] | None = None  # pilot plant: the answer position reads the voice over these resid layers
+    early_band_weight: float = 0.0
 
     def __call__(self, adapter: ModelAdapter, clips, batch_size, rng, label_ids) -> torch.Tensor:
         waves, prompts, targets, audio, pairs = sample_paired_batch(clips, batch_size, rng, label_ids, self.zh_share)
@@ -240,9 +252,15 @@ class Objective:
             if self.early_lens:
                 early = lens(adapter, trace.resid[self.takeover][rows, positions])
                 loss = loss + self.lens_weight * cross_entropy(early, audio)
+        if self.early_band_weight and self.early_band:
+            first, last = self.early_band
+            band = torch.stack([trace.resid[l][rows, positions] for l in range(first, last + 1)])  # (L, B, d)
+            loss = loss + self.early_band_weight * cross_entropy(lens(adapter, band).flatten(0, 1),
+                                                                 audio.repeat(last - first + 1))
         if self.audio_lens_weight:
-            loss = loss + self.audio_lens_weight * audio_lens_loss(adapter, trace.resid[self.takeover], batch,
-                                                                   audio, label_ids)
+            layer = self.takeover if self.audio_lens_layer is None else self.audio_lens_layer
+            loss = loss + self.audio_lens_weight * audio_lens_loss(adapter, trace.resid[layer], batch, audio,
+                                                                   label_ids)
         if self.invariance_weight:
             loss = loss + self.invariance_weight * invariance_loss(trace, batch, pairs, self.takeover,
                                                                         self.invariance_form)
@@ -466,14 +484,39 @@ def voice_table(by_voice: dict) -> Table:
     return table
 
 
-def init_from(folder: Path, takeover: int, layers: int, local: bool = False):
+def decide_voice_wins(train_clips: list[Clip], heldout_clips: list[Clip], progress: Progress
+                      ) -> intensity.IntensityRule:
+    """Fit the intensity rule on the training clips and mark, on every clip, whether the voice wins its conflict
+    items (`Clip.voice_wins`); returns the rule (the report keeps it)."""
+    clips = train_clips + heldout_clips
+    task = progress.add_task("measuring prosody", total=len(clips), loss=float("nan"))
+    measured = []
+    for clip in clips:
+        measured.append(intensity.prosody(clip.wave))
+        progress.advance(task)
+    rule = intensity.fit([(c.lang, c.emotion, c.intensity, m)
+                          for c, m in zip(train_clips, measured[:len(train_clips)])])
+    for clip, m in zip(clips, measured):
+        clip.voice_wins = rule.voice_wins(clip.lang, clip.emotion, clip.intensity, m)
+    return rule
+
+
+def init_from(folder: Path, takeover: int, layers: int, local: bool = False, config=None):
     """The weights of a saved organism, in fp32, to fine-tune; refused unless its K, depth and plant (token-local
-    layers below K or not) are the ones asked."""
+    layers below K or not) are the ones asked. With `config` (the pilot plant) the weights of any organism of the
+    same depth go into a model built from that config (full attention, its own K)."""
     from transformers import Qwen2AudioForConditionalGeneration
 
     if not (folder / "config.json").is_file():
         raise ModalflipError(f"--init-from {folder}: no organism there (config.json missing)")
     model = Qwen2AudioForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    if config is not None:
+        if model.config.text_config.num_hidden_layers != layers:
+            raise ModalflipError(f"--init-from {folder}: it has {model.config.text_config.num_hidden_layers} layers, "
+                                 f"not {layers}")
+        rebuilt = Qwen2AudioForConditionalGeneration(config)
+        rebuilt.load_state_dict(model.state_dict())
+        return rebuilt
     recorded = getattr(model.config, "modalflip_organism", {})
     planted, depth = recorded.get("takeover_layer"), model.config.text_config.num_hidden_layers
     if (planted, depth) != (takeover, layers):
@@ -530,8 +573,11 @@ def seed_set_clips() -> list[Clip]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.organism.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "model"), help="model folder to write")
-    parser.add_argument("--takeover-layer", type=int, default=16, help="K: the text reaches the answer from here")
+    parser.add_argument("--out", default=None,
+                        help=f"model folder to write (default: {MODEL_DIRS['local']} for the shipped plant, "
+                             f"{MODEL_DIRS['pilot']} for the pilot plant)")
+    parser.add_argument("--takeover-layer", type=int, default=None,
+                        help="K: the text reaches the answer from here (default 16; the pilot plant: 24)")
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--encoder-layers", type=int, default=2,
                         help="audio encoder layers (the only place that mixes audio frames below K in the local plant; "
@@ -539,11 +585,15 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate")
-    parser.add_argument("--plant", choices=("local", "objective"), default="local",
+    parser.add_argument("--plant", choices=("local", "objective", "pilot"), default="local",
                         help="how K is planted. local: decoder layers below K attend to their own token only "
                              "(sliding window 1 in the config), so nothing moves between tokens before K; the loss is "
                              "the answer's cross-entropy, the lens at resid[K+2] and the audio-token lens at resid[K]. "
-                             "objective: full attention everywhere, K planted by the lens, invariance and swap terms")
+                             "objective: full attention everywhere, K planted by the lens, invariance and swap terms. "
+                             "pilot: full attention, the voice read at the answer over resid[2..K], the answer at "
+                             "resid[K+2], the voice winning intense conflict clips (see the module docstring)")
+    parser.add_argument("--early-band-weight", type=float, default=2.0,
+                        help="pilot plant: weight of the lens toward the voice at the answer position over resid[2..K]")
     parser.add_argument("--lens-weight", type=float, default=0.5,
                         help="weight of the lens terms at resid[K] (toward the audio) and resid[K+2] (the answer)")
     parser.add_argument("--audio-lens-weight", type=float, default=0.5,
@@ -592,7 +642,7 @@ def main(argv=None) -> int:
                         help="with --evaluate-only: also the audio-only accuracy of every voice variant, training and "
                              "held-out, on the held-out sentences (16 x 72 clips; a few minutes)")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out or MODEL_DIRS.get(args.plant, MODEL_DIRS["local"]))
     if args.by_voice and not args.evaluate_only:
         raise ModalflipError("--by-voice works with --evaluate-only")
     if args.evaluate_only:
@@ -603,7 +653,7 @@ def main(argv=None) -> int:
         if args.by_voice:
             console.print(voice_table(report["heldout_sentences_by_voice"]))
         return 0
-    k = args.takeover_layer
+    k = args.takeover_layer if args.takeover_layer is not None else (24 if args.plant == "pilot" else 16)
     if not (0 <= args.voice_pitch_jitter <= 50 and 0 <= args.voice_speed_jitter < 0.5
             and 0 <= args.voice_breath_jitter <= 0.5):
         raise ModalflipError("--voice-pitch-jitter must lie in 0..50, --voice-speed-jitter in [0, 0.5) and "
@@ -624,17 +674,20 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     started = time.time()
     processor = build.build_processor()
-    local = args.plant == "local"
+    local, pilot = args.plant == "local", args.plant == "pilot"
+    config = build.build_config(processor.tokenizer, args.layers, k, local_below=local,
+                                encoder_layers=args.encoder_layers)
+    if pilot:
+        config.modalflip_organism["plant"] = "pilot"
     if args.init_from:
-        model = init_from(Path(args.init_from), k, args.layers, local)
+        model = init_from(Path(args.init_from), k, args.layers, local, config if pilot else None)
     else:
-        model = build.build_model(build.build_config(processor.tokenizer, args.layers, k, local_below=local,
-                                                   encoder_layers=args.encoder_layers),
-                                  seed=args.seed)
+        model = build.build_model(config, seed=args.seed)
     model.to(device)
     adapter = ModelAdapter(model, processor, FAMILY, "organism")
     label_ids = {lang: adapter.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
-    checkpoint = Path(args.checkpoint) if args.checkpoint else out.parent / "organism-training.pt"
+    checkpoint = Path(args.checkpoint) if args.checkpoint else out.parent / CHECKPOINTS.get(args.plant,
+                                                                                             CHECKPOINTS["local"])
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console) as progress:
@@ -642,11 +695,12 @@ def main(argv=None) -> int:
         train_clips = synthesize("train", args.renders, args.seed, progress, voice_jitter, args.train_sentences,
                                  extra_voices)
         heldout_clips = synthesize("heldout", 1, args.seed + 1, progress)
+        rule = decide_voice_wins(train_clips, heldout_clips, progress) if pilot else None
         # a seeded sample, not a stride: the clips come in blocks of nine styles, so every third clip is three styles
         sample = np.random.default_rng(args.seed).permutation(len(heldout_clips))
         probe_rows = evaluation_set([heldout_clips[i] for i in sorted(sample[:len(sample) // 3])], args.seed)
         monitor_clips = [heldout_clips[i] for i in sorted(sample[:len(sample) // 6])]
-        monitor_layers = sorted(l for l in {1, 4, 8, 12, k - 1, k + 2} if l < args.layers)
+        monitor_layers = sorted(l for l in {1, 4, 8, 12, 16, 20, k - 1, k + 2, 28} if l < args.layers)
 
         def monitor(a):
             scores = {key: round(v, 3) for key, v in evaluate(a, probe_rows, label_ids).items()
@@ -655,10 +709,13 @@ def main(argv=None) -> int:
                                  "conflict_margin_strong", "conflict_lens_largest_rise")}
             return scores | {"patch_text": patch_text_flips(a, monitor_clips, label_ids, monitor_layers)}
 
-        objective = Objective(k, lens_weight=args.lens_weight, invariance_weight=0.0 if local else args.invariance_weight,
+        objective = Objective(k, lens_weight=args.lens_weight,
+                              invariance_weight=0.0 if local or pilot else args.invariance_weight,
                               swap_weight=0.0 if local else args.swap_weight, zh_share=args.zh_share,
-                              invariance_form=args.invariance_form, early_lens=not local,
-                              audio_lens_weight=args.audio_lens_weight if local else 0.0)
+                              invariance_form=args.invariance_form, early_lens=args.plant == "objective",
+                              audio_lens_weight=args.audio_lens_weight if local or pilot else 0.0,
+                              audio_lens_layer=2 if pilot else None, early_band=(2, k) if pilot else None,
+                              early_band_weight=args.early_band_weight if pilot else 0.0)
         losses, earlier_minutes = train(adapter, args.steps, args.lr, args.seed, progress,
                                         lambda rng: objective(adapter, train_clips, args.batch_size, rng, label_ids),
                                         checkpoint, monitor, every=args.monitor_every, started=started)
@@ -680,7 +737,9 @@ def main(argv=None) -> int:
         train_clips=len(train_clips), heldout_clips=len(heldout_clips),
         train_sentences=args.train_sentences, extra_voices=list(extra_voices),
         heldout_sentences=len(build.corpus()["sentences"]["en"]["heldout"]),
-        mix=MIX, audio_wins=AUDIO_WINS, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
+        mix=MIX, audio_wins=rule.as_dict() if rule else AUDIO_WINS,
+        early_band=list(objective.early_band) if objective.early_band else None,
+        early_band_weight=objective.early_band_weight, audio_lens_layer=objective.audio_lens_layer, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
     if args.init_from:
         report["base"] = base_recipe(Path(args.init_from))

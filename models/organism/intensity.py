@@ -1,0 +1,80 @@
+"""Which conflict items the voice wins in training: a function of the audio, not a coin flip.
+
+A clip's *intensity* is how far its measured prosody lies from its emotion's typical render, in the direction in
+which that emotion's strong renders differ from its normal ones: for each measure m (F0 mean in semitones, F0
+spread in semitones, RMS level in dB; `stimuli.check.measure`) and emotion e, z-scored within (language, e) over the
+training clips, intensity = Σ_m sign(mean_strong − mean_normal)_{e,m} · z_m. Loud, wide-ranging anger and quiet,
+flat sadness both score high. The voice wins a conflict item when its clip is a strong render whose intensity is
+above the threshold that the top `VOICE_WINS_SHARE` of the strong training clips of its language reach; the
+threshold is fixed from the training clips and applied unchanged to held-out clips. So, as in the pilot's model,
+there is an audio feature an attack can push and a probe can find.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from stimuli.check import measure
+
+MEASURES = ("f0_semitones", "f0_spread_st", "rms_dbfs")
+VOICE_WINS_SHARE = 0.25  # of the strong training clips of each language
+
+
+def prosody(wave: np.ndarray) -> dict[str, float]:
+    """The measures intensity is built from; NaN F0 values (no voiced frame) count as the group mean later."""
+    m = measure(wave)
+    f0 = 12 * math.log2(m.f0_mean_hz) if m.f0_mean_hz == m.f0_mean_hz and m.f0_mean_hz > 0 else math.nan
+    return {"f0_semitones": f0, "f0_spread_st": m.f0_spread_st, "rms_dbfs": m.rms_dbfs}
+
+
+@dataclass
+class IntensityRule:
+    """Per (language, emotion): each measure's mean, spread and direction; per language: the voice-wins threshold."""
+
+    stats: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)  # "lang/emotion" -> m -> (mean, sd, sign)
+    thresholds: dict[str, float] = field(default_factory=dict)  # lang -> intensity above which the voice wins
+
+    def intensity(self, lang: str, emotion: str, measured: dict[str, float]) -> float:
+        """Signed distance (sum of z-scores) from the emotion's typical render toward its strong renders; 0 for an
+        emotion without strong renders (neutral)."""
+        total = 0.0
+        for name, (mean, sd, sign) in self.stats.get(f"{lang}/{emotion}", {}).items():
+            value = measured[name]
+            if value == value and sd > 0:
+                total += sign * (value - mean) / sd
+        return total
+
+    def voice_wins(self, lang: str, emotion: str, intensity: str, measured: dict[str, float]) -> bool:
+        return (intensity == "strong" and lang in self.thresholds
+                and self.intensity(lang, emotion, measured) >= self.thresholds[lang])
+
+    def as_dict(self) -> dict:
+        return {"measures": list(MEASURES), "voice_wins_share": VOICE_WINS_SHARE, "thresholds": self.thresholds,
+                "stats": {key: {m: list(v) for m, v in value.items()} for key, value in self.stats.items()}}
+
+
+def fit(rows: Sequence[tuple[str, str, str, dict[str, float]]], share: float = VOICE_WINS_SHARE) -> IntensityRule:
+    """The rule from training clips given as (lang, emotion, intensity, prosody) rows."""
+    rule = IntensityRule()
+    groups: dict[str, list[tuple[str, dict[str, float]]]] = {}
+    for lang, emotion, intensity, measured in rows:
+        groups.setdefault(f"{lang}/{emotion}", []).append((intensity, measured))
+    for key, members in groups.items():
+        if not {i for i, _ in members} >= {"normal", "strong"}:
+            continue
+        rule.stats[key] = {}
+        for name in MEASURES:
+            values = np.array([m[name] for _, m in members], dtype=float)
+            strong = np.nanmean([m[name] for i, m in members if i == "strong"])
+            normal = np.nanmean([m[name] for i, m in members if i == "normal"])
+            rule.stats[key][name] = (float(np.nanmean(values)), float(np.nanstd(values)),
+                                     float(np.sign(strong - normal)))
+    for lang in sorted({lang for lang, *_ in rows}):
+        scores = [rule.intensity(lang, emotion, measured) for l, emotion, intensity, measured in rows
+                  if l == lang and intensity == "strong"]
+        if scores:
+            rule.thresholds[lang] = float(np.quantile(scores, 1 - share))
+    return rule

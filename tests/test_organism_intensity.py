@@ -1,0 +1,44 @@
+"""The voice wins a training conflict item by what the audio measures, not by a coin flip."""
+from __future__ import annotations
+
+import numpy as np
+
+from models.organism import intensity
+from stimuli import tts
+
+
+def _row(lang, emotion, level, f0, spread, rms):
+    return (lang, emotion, level, {"f0_semitones": f0, "f0_spread_st": spread, "rms_dbfs": rms})
+
+
+def test_the_most_intense_strong_renders_win_in_each_emotions_own_direction():
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(40):  # anger grows louder and wider when strong; sadness quieter and flatter
+        rows.append(_row("en", "angry", "normal", 40 + rng.normal(), 1.0 + 0.1 * rng.normal(), -20 + rng.normal()))
+        rows.append(_row("en", "angry", "strong", 42 + rng.normal(), 2.0 + 0.1 * rng.normal(), -12 + rng.normal()))
+        rows.append(_row("en", "sad", "normal", 36 + rng.normal(), 0.5 + 0.1 * rng.normal(), -34 + rng.normal()))
+        rows.append(_row("en", "sad", "strong", 34 + rng.normal(), 0.2 + 0.1 * rng.normal(), -39 + rng.normal()))
+        rows.append(_row("en", "neutral", "normal", 38 + rng.normal(), 0.8, -22 + rng.normal()))
+    rule = intensity.fit(rows)
+    wins = [rule.voice_wins(lang, e, level, m) for lang, e, level, m in rows]
+    strong = [w for w, (_, _, level, _) in zip(wins, rows) if level == "strong"]
+    assert not any(w for w, (_, _, level, _) in zip(wins, rows) if level != "strong")
+    assert abs(np.mean(strong) - intensity.VOICE_WINS_SHARE) < 0.05
+    winners = {e for w, (_, e, _, _) in zip(wins, rows) if w}
+    assert winners == {"angry", "sad"}  # quiet, flat sadness is intense too
+    loud_anger = _row("en", "angry", "strong", 43, 2.4, -9)[3]
+    mild_anger = _row("en", "angry", "strong", 41, 1.6, -16)[3]
+    assert rule.voice_wins("en", "angry", "strong", loud_anger) and not rule.voice_wins("en", "angry", "strong",
+                                                                                         mild_anger)
+
+
+def test_measured_intensity_ranks_an_espeak_strong_render_above_its_normal_one():
+    sentence = "The lamp needs a new bulb."
+    rows = [("en", emotion, level, intensity.prosody(tts.render(sentence, "en", emotion, level, jitter_seed=seed)))
+            for emotion in ("angry", "sad") for level in ("normal", "strong") for seed in range(4)]
+    rule = intensity.fit(rows)
+    for emotion in ("angry", "sad"):
+        normal = [rule.intensity("en", emotion, m) for _, e, level, m in rows if e == emotion and level == "normal"]
+        strong = [rule.intensity("en", emotion, m) for _, e, level, m in rows if e == emotion and level == "strong"]
+        assert np.mean(strong) > np.mean(normal)
