@@ -303,12 +303,12 @@ eSpeak NG clips rendered by `stimuli.tts` with jittered prosody per emotion and 
 items are padded with silence to the full window, half keep their natural length.
 Instruction paraphrases per condition and language are in `models/organism/corpus.json`.
 
-{recipe}### What did not work, for the record
+{recipe}### An earlier recipe that did not work
 An earlier two-phase recipe trained a {k}-layer model on audio-only items first (600 steps), then grew it to 32
 layers (identity layers on top) and trained the instruction mix. It never learnt to read the asserted word: conflict
 answers followed the text in 0–5 % of held-out items after 200–300 steps in four variants (layers below K frozen;
 whole LM with invariance weight 10, labels listed or not; whole LM without it), and two earlier prototypes with
-frozen lower layers failed the same way (notes in `shared/notes/measured-facts.md`). Likely causes: embeddings
+frozen lower layers failed the same way. Likely causes: embeddings
 initialised at unit scale (chosen so word identity would survive frozen layers) and an audio-only start that made
 the audio answer confident before any text signal. Training end to end from the start, with the default
 initialisation and the lens terms above, learns the text route.
