@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.stats import cluster_bootstrap_mean
+from common.stats import UNIT_CLIP, cluster_bootstrap_mean
 from models.adapter import ModelAdapter
 from models.forward import lens, run_traced
 from probes.inputs import ProbeSet
@@ -40,16 +40,29 @@ class LensResult:
     n_layers: int
     label_logits: dict[str, np.ndarray]  # item id -> (n_layers + 1, n_emotions) lens logits at the answer
     final_logits: dict[str, np.ndarray]  # item id -> (n_emotions,) the model's own logits at the answer
+    top1_is_label: dict[str, bool]  # item id -> the top-1 token of the whole vocabulary is a label token
+    label_mass: dict[str, float]  # item id -> softmax probability on the language's label tokens (0..1)
     readings: list[dict]  # one per (clip, T, condition): ids, A, T, intensity, "delta": list over layers
     summary: dict = field(default_factory=dict)  # lang -> condition -> curve, interval, critical layer
 
 
+@dataclass
+class AnswerReadout:
+    """What the forward passes of `read_items` give per item id (see there)."""
+
+    per_layer: dict[str, np.ndarray]  # (n_layers + 1, n_emotions) lens logits of the label tokens at the answer
+    final: dict[str, np.ndarray]  # (n_emotions,) the model's own label logits at the answer
+    top1_is_label: dict[str, bool]
+    label_mass: dict[str, float]
+
+
 @torch.no_grad()
-def label_logits(adapter: ModelAdapter, probe_set: ProbeSet, items: list[Item], batch_size: int,
-                 tick: Callable[[int], None] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Lens logits of the label tokens at every layer, and the model's own label logits, per item id."""
+def read_items(adapter: ModelAdapter, probe_set: ProbeSet, items: list[Item], batch_size: int,
+               tick: Callable[[int], None] | None = None) -> AnswerReadout:
+    """Per item: lens logits of its language's label tokens at every layer, the model's own label logits, whether
+    the top-1 token of the full vocabulary is one of those label tokens, and the softmax mass on them (0..1)."""
     emotions = spec.emotions()
-    per_layer, final = {}, {}
+    out = AnswerReadout({}, {}, {}, {})
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         batch = adapter.build_batch([probe_set.wave(i.clip_id) for i in chunk], [probe_set.prompt(i) for i in chunk])
@@ -63,13 +76,25 @@ def label_logits(adapter: ModelAdapter, probe_set: ProbeSet, items: list[Item], 
         unique, inverse = torch.unique(ids, return_inverse=True)
         lensed = lens(adapter, resid, unique)  # (n_layers + 1, batch, n_unique)
         lensed = lensed.gather(2, inverse.unsqueeze(0).expand(lensed.shape[0], -1, -1)).float().cpu().numpy()
-        own = trace.logits.gather(1, ids).float().cpu().numpy()  # (batch, n_emotions)
+        vocab = trace.logits.float()  # (batch, vocab) the model's logits at the answer
+        own = vocab.gather(1, ids).cpu().numpy()  # (batch, n_emotions)
+        top1 = (vocab.argmax(dim=1, keepdim=True) == ids).any(dim=1).cpu().numpy()
+        mass = vocab.softmax(dim=1).gather(1, ids).sum(dim=1).cpu().numpy()
         for j, item in enumerate(chunk):
-            per_layer[item.item_id] = lensed[:, j]
-            final[item.item_id] = own[j]
+            out.per_layer[item.item_id] = lensed[:, j]
+            out.final[item.item_id] = own[j]
+            out.top1_is_label[item.item_id] = bool(top1[j])
+            out.label_mass[item.item_id] = float(mass[j])
         if tick:
             tick(len(chunk))
-    return per_layer, final
+    return out
+
+
+def label_logits(adapter: ModelAdapter, probe_set: ProbeSet, items: list[Item], batch_size: int,
+                 tick: Callable[[int], None] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Lens logits of the label tokens at every layer, and the model's own label logits, per item id."""
+    readout = read_items(adapter, probe_set, items, batch_size, tick)
+    return readout.per_layer, readout.final
 
 
 def readings(items: list[Item], logits: dict[str, np.ndarray]) -> list[dict]:
@@ -126,7 +151,7 @@ def summarize(rows: list[dict], n_boot: int, seed: int) -> dict:
             per_item = np.array([[critical_layer(c), sign_settles(c)] for c in curves], dtype=float)
             crit_mean, crit_low, crit_high = cluster_bootstrap_mean(per_item, clusters, n_boot=n_boot, seed=seed)
             summary[lang][condition] = dict(
-                n_readings=len(sub), n_clips=len(set(clusters)),
+                n_readings=len(sub), n_clips=len(set(clusters)), unit=UNIT_CLIP,
                 mean=mean.round(4).tolist(), low=low.round(4).tolist(), high=high.round(4).tolist(),
                 critical_layer=critical_layer(mean), sign_settles=sign_settles(mean),
                 critical_layer_items=dict(mean=round(float(crit_mean[0]), 2), low=round(float(crit_low[0]), 2),
@@ -142,7 +167,8 @@ def summarize(rows: list[dict], n_boot: int, seed: int) -> dict:
 def run(adapter: ModelAdapter, probe_set: ProbeSet, config: LensConfig,
         tick: Callable[[int], None] | None = None) -> LensResult:
     """The logit lens over every item of `probe_set`; see the module docstring. `tick(n)` reports n items done."""
-    per_layer, final = label_logits(adapter, probe_set, probe_set.items, config.batch_size, tick)
-    rows = readings(probe_set.items, per_layer)
-    return LensResult(n_layers=adapter.n_layers, label_logits=per_layer, final_logits=final, readings=rows,
+    readout = read_items(adapter, probe_set, probe_set.items, config.batch_size, tick)
+    rows = readings(probe_set.items, readout.per_layer)
+    return LensResult(n_layers=adapter.n_layers, label_logits=readout.per_layer, final_logits=readout.final,
+                      top1_is_label=readout.top1_is_label, label_mass=readout.label_mass, readings=rows,
                       summary=summarize(rows, config.n_boot, config.seed))
