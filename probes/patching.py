@@ -5,7 +5,10 @@ same clip (audio A, text says T); the donor's residual over the instruction span
 replaces the receiver's at layer l. Patch Audio at layer l: receiver as before, donor = a clip of emotion T (same
 language, same intensity where it exists) under the same text (says A); the audio span is replaced. Either way we
 read whether the answer flips to T, and the normalized effect (LD_patched - LD_receiver) / (LD_donor - LD_receiver)
-with LD = logit(T) - logit(A), computed per pair and then aggregated.
+with LD = logit(T) - logit(A), computed per pair and then aggregated. Patch Audio with an audio-only receiver (kind
+"audio_only"): receiver = the audio-only item of a clip of voice A (no claim in the text), donor = the audio-only
+item of a clip of emotion T (same language and sentence, same intensity where it exists), audio span replaced: up to
+which layer does the voice alone still move the answer? Flip rates are clustered on the receiver's clip.
 
 Speed: the clean runs of receivers and donors are traced once; patching at layer l resumes the forward from layer
 l with the traced masks and rotary tables instead of recomputing layers 0..l-1, and all layers of a sweep share one
@@ -21,30 +24,35 @@ import numpy as np
 import torch
 
 from common.errors import ModalflipError
-from common.stats import cluster_bootstrap_mean, wilson_interval
+from common.stats import UNIT_CLIP, cluster_bootstrap_mean, clustered_rates
 from models.adapter import Batch, ModelAdapter, Spans, check_aligned
 from models.forward import resume_suffix, run_traced
 from probes.inputs import ProbeSet
 from stimuli import spec
 from stimuli.conditions import Item
 
-KINDS = ("text", "audio")
+KINDS = ("text", "audio", "audio_only")
+KIND_NAMES = {"text": "Patch Text", "audio": "Patch Audio", "audio_only": "Patch Audio, audio-only receiver"}
 
 
 @dataclass
 class PatchConfig:
     text_mode: str = "instruction"  # "instruction": the whole instruction span; "claim": the asserted word only
     window: int = 1  # patch layers l..l+window-1 (1 = single layer)
-    layers: list[int] | None = None  # residual layers to patch; default 0..n_layers-1
+    layers: list[int] | None = None  # residual layers to patch, sorted and deduplicated; default 0..n_layers-1
     batch_pairs: int = 8  # pairs traced together; a sweep holds batch_pairs x len(layers) rows
     naive: bool = False  # one full forward per layer (reference implementation)
     n_boot: int = 1000
     seed: int = 0
 
+    def __post_init__(self):
+        if self.layers is not None:
+            self.layers = sorted({int(layer) for layer in self.layers})
+
 
 @dataclass(frozen=True)
 class Pair:
-    kind: str  # "text" | "audio"
+    kind: str  # "text" | "audio" | "audio_only"
     receiver: Item
     donor: Item
     audio_emotion: str  # A
@@ -72,9 +80,11 @@ def normalized_effect(ld_patched: np.ndarray, ld_receiver: float, ld_donor: floa
 
 
 def make_pairs(items: list[Item]) -> list[Pair]:
-    """Text and audio pairs from the conflict and consistent items of a stimulus set (see module docstring)."""
+    """Text and audio pairs from the conflict and consistent items of a stimulus set, and audio pairs between its
+    audio-only items (see module docstring)."""
     by_key = {(i.clip_id, i.condition, i.text_emotion): i for i in items}
     clips = {i.clip_id: i for i in items if i.condition == "consistent"}
+    alone = {i.clip_id: i for i in items if i.condition == "audio_only"}
     pairs = []
     for clip_id, receiver in clips.items():
         a = receiver.audio_emotion
@@ -84,24 +94,30 @@ def make_pairs(items: list[Item]) -> list[Pair]:
             donor = by_key.get((clip_id, "conflict", t))
             if donor is not None:
                 pairs.append(Pair("text", receiver, donor, a, t))
-            audio_donor = _audio_donor(clips.values(), receiver, t)
+            audio_donor = _audio_donor(list(clips.values()), receiver, t)
             if audio_donor is not None:
                 donor = by_key.get((audio_donor.clip_id, "conflict", a))
                 if donor is not None:
                     pairs.append(Pair("audio", receiver, donor, a, t))
+    for receiver in alone.values():
+        for t in spec.emotions():
+            donor = _audio_donor(list(alone.values()), receiver, t) if t != receiver.audio_emotion else None
+            if donor is not None:
+                pairs.append(Pair("audio_only", receiver, donor, receiver.audio_emotion, t))
     return pairs
 
 
-def _audio_donor(consistent: list[Item], receiver: Item, emotion: str) -> Item | None:
-    """A clip of `emotion` in the receiver's language and sentence, preferring the receiver's intensity."""
-    options = [i for i in consistent if i.audio_emotion == emotion and i.lang == receiver.lang
+def _audio_donor(candidates: list[Item], receiver: Item, emotion: str) -> Item | None:
+    """The item among `candidates` whose clip has `emotion`, in the receiver's language and sentence, preferring the
+    receiver's intensity."""
+    options = [i for i in candidates if i.audio_emotion == emotion and i.lang == receiver.lang
                and i.sentence == receiver.sentence]
     same = [i for i in options if i.intensity == receiver.intensity]
     return (same or options or [None])[0]
 
 
 def _positions(spans: Spans, kind: str, text_mode: str) -> slice:
-    if kind == "audio":
+    if kind in ("audio", "audio_only"):
         return spans.audio
     if text_mode == "claim":
         if spans.claim is None:
@@ -128,9 +144,11 @@ def _masks(receiver: Batch, donor: Batch, kind: str, text_mode: str, receivers: 
 @torch.no_grad()
 def patched_label_logits(adapter: ModelAdapter, probe_set: ProbeSet, pairs: list[Pair], layers: list[int],
                          config: PatchConfig, tick: Callable[[int], None] | None = None) -> np.ndarray:
-    """Label logits at the answer after patching, (pairs, len(layers), n_emotions); all pairs of one kind."""
+    """Label logits at the answer after patching, (pairs, len(layers), n_emotions); all pairs of one kind. Column j
+    is `layers[j]`, whatever the order of `layers` (repeats are computed once)."""
     emotions = spec.emotions()
-    out = np.zeros((len(pairs), len(layers), len(emotions)), dtype=np.float32)
+    swept = sorted(set(layers))
+    out = np.zeros((len(pairs), len(swept), len(emotions)), dtype=np.float32)
     for start in range(0, len(pairs), config.batch_pairs):
         chunk = pairs[start:start + config.batch_pairs]
         receivers = [p.receiver for p in chunk]
@@ -144,13 +162,13 @@ def patched_label_logits(adapter: ModelAdapter, probe_set: ProbeSet, pairs: list
                            device=adapter.device)
         donor_trace = run_traced(adapter, d_batch)
         if config.naive:
-            logits = _naive(adapter, r_batch, donor_trace.resid, mask, layers, config.window, ids)
+            logits = _naive(adapter, r_batch, donor_trace.resid, mask, swept, config.window, ids)
         else:
-            logits = _resumed(adapter, r_batch, donor_trace.resid, mask, layers, config.window, ids)
+            logits = _resumed(adapter, r_batch, donor_trace.resid, mask, swept, config.window, ids)
         out[start:start + len(chunk)] = logits.float().cpu().numpy()
         if tick:
             tick(len(chunk))
-    return out
+    return out[:, [swept.index(layer) for layer in layers]]
 
 
 def _label_readout(adapter, final: torch.Tensor, answers: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor):
@@ -162,10 +180,10 @@ def _label_readout(adapter, final: torch.Tensor, answers: torch.Tensor, rows: to
 
 
 def _resumed(adapter, r_batch, donor_resid, mask, layers, window, ids) -> torch.Tensor:
-    """The batched, resumed sweep: rows patched at layer l join the running batch at l. Positions before the first
-    patched one are the receiver's clean ones at every layer, so only the suffix from there is recomputed, on the
-    clean run's keys and values of the prefix (`resume_suffix`; the whole sequence where the family cannot, then
-    `trace.prefix` is 0)."""
+    """The batched, resumed sweep over `layers` (sorted, no repeats): rows patched at layer l join the running
+    batch at l. Positions before the first patched one are the receiver's clean ones at every layer, so only the
+    suffix from there is recomputed, on the clean run's keys and values of the prefix (`resume_suffix`; the whole
+    sequence where the family cannot, then `trace.prefix` is 0)."""
     first = int(mask.float().argmax(dim=1).min())
     trace = run_traced(adapter, r_batch, kv_prefix=first)
     first = trace.prefix
@@ -217,8 +235,9 @@ def _naive(adapter, r_batch, donor_resid, mask, layers, window, ids) -> torch.Te
 
 def run(adapter: ModelAdapter, probe_set: ProbeSet, final_logits: dict[str, np.ndarray],
         config: PatchConfig, tick: Callable[[int], None] | None = None) -> PatchResult:
-    """Patch Text and Patch Audio sweeps over `config.layers`; `final_logits` are the clean label logits per item
-    (from the logit lens run) that give LD of receivers and donors."""
+    """Patch Text and Patch Audio sweeps (and Patch Audio on audio-only receivers) over `config.layers`;
+    `final_logits` are the clean label logits per item (from the logit lens run) that give LD of receivers and
+    donors. Flips read the label readout: the argmax over the five label tokens moves to T."""
     layers = config.layers if config.layers is not None else list(range(adapter.n_layers))
     for layer in layers:
         if not 0 <= layer < adapter.n_layers:
@@ -227,7 +246,8 @@ def run(adapter: ModelAdapter, probe_set: ProbeSet, final_logits: dict[str, np.n
                                  f"use layers 0..{adapter.n_layers - 1}")
     pairs = make_pairs(probe_set.items)
     if not pairs:
-        raise ModalflipError("no donor/receiver pairs: patching needs conflict and consistent items")
+        raise ModalflipError("no donor/receiver pairs: patching needs conflict and consistent items, or audio-only "
+                             "items of clips of different emotions")
     index = {e: i for i, e in enumerate(spec.emotions())}
     rows: list[dict] = []
     for kind in KINDS:
@@ -253,37 +273,40 @@ def run(adapter: ModelAdapter, probe_set: ProbeSet, final_logits: dict[str, np.n
 
 
 def summarize(rows: list[dict], layers: list[int], config: PatchConfig) -> dict:
-    """Per language and kind, per layer: flip rate with its Wilson interval and the mean normalized effect with a
-    cluster-bootstrap interval; plus the layer ranges where text patching flips >= 50% of pairs."""
-    summary: dict = {"layers": layers, "window": config.window, "text_mode": config.text_mode}
+    """Per language and kind, per layer: flip rate with its 95% cluster-bootstrap interval over the receivers'
+    clips and the mean normalized effect with a cluster-bootstrap interval; plus the layer ranges where patching
+    flips >= 50% of pairs."""
+    summary: dict = {"layers": layers, "window": config.window, "text_mode": config.text_mode, "readout": "label",
+                     "unit": UNIT_CLIP}
     for lang in sorted({r["lang"] for r in rows}):
         summary[lang] = {}
         for kind in KINDS:
             sub = [r for r in rows if r["lang"] == lang and r["kind"] == kind]
             if not sub:
                 continue
-            flips = np.array([r["flipped"] for r in sub])
-            k = flips.sum(axis=0)
-            intervals = [wilson_interval(int(x), len(sub)) for x in k]
+            clips = [r["clip_id"] for r in sub]
+            flips = np.array([r["flipped"] for r in sub], dtype=bool)
+            intervals = clustered_rates(flips, clips, n_boot=config.n_boot, seed=config.seed)
             effects = np.array([[np.nan if v is None else v for v in r["effect"]] for r in sub], dtype=float)
             usable = ~np.isnan(effects).any(axis=1)
             if usable.any():
-                mean, low, high = cluster_bootstrap_mean(effects[usable], [r["clip_id"] for r, u in zip(sub, usable)
-                                                                           if u], n_boot=config.n_boot, seed=config.seed)
+                mean, low, high = cluster_bootstrap_mean(effects[usable], [c for c, u in zip(clips, usable) if u],
+                                                         n_boot=config.n_boot, seed=config.seed)
             else:
                 mean = low = high = np.full(len(layers), np.nan)
-            rate = k / len(sub)
+            rate = flips.mean(axis=0)
             summary[lang][kind] = dict(
-                n_pairs=len(sub), n_pairs_with_effect=int(usable.sum()),
-                flip_rate=rate.round(4).tolist(), flip_low=[round(lo, 4) for lo, _ in intervals],
-                flip_high=[round(hi, 4) for _, hi in intervals],
+                n_pairs=len(sub), n_clips=len(set(clips)), unit=UNIT_CLIP, n_pairs_with_effect=int(usable.sum()),
+                flip_rate=rate.round(4).tolist(), flip_low=[round(i.low, 4) for i in intervals],
+                flip_high=[round(i.high, 4) for i in intervals], flip_interval=[i.method for i in intervals],
                 effect=np.round(mean, 4).tolist(), effect_low=np.round(low, 4).tolist(),
                 effect_high=np.round(high, 4).tolist(),
                 flip_window=_ranges([layer for layer, r in zip(layers, rate) if r >= 0.5]),
             )
-    summary["notes"] = ("flip rates: Wilson 95% intervals over pairs; effects: per-pair normalized effect averaged "
-                        "with a cluster bootstrap over clips; pairs whose donor and receiver differ by < "
-                        f"{MIN_DENOMINATOR} in LD have no normalized effect")
+    summary["notes"] = ("flip rates and effects: 95% cluster bootstrap over the receivers' clips (Wilson over clips "
+                        "where every clip has the same rate); effects are per-pair normalized effects averaged; "
+                        f"pairs whose donor and receiver differ by < {MIN_DENOMINATOR} in LD have no normalized "
+                        "effect; flips read the argmax over the label tokens")
     return summary
 
 
