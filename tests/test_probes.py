@@ -154,16 +154,184 @@ def test_cli_bad_model_is_one_line_exit_2(tmp_path):
 
 def test_cli_writes_summary_figures_and_records(tmp_path, tiny):
     model_dir = tmp_path / "tiny"
-    tiny.model.save_pretrained(model_dir)
+    tiny.model.config.modalflip_organism = {"takeover_layer": 2}  # as the organism's config plants it
+    try:
+        tiny.model.save_pretrained(model_dir)
+    finally:
+        del tiny.model.config.modalflip_organism
     tiny.processor.save_pretrained(model_dir)
     out, runs = tmp_path / "out", tmp_path / "runs"
     run = subprocess.run([sys.executable, "run_probes.py", "--model", str(model_dir), "--lang", "en", "--out",
                           str(out), "--runs-dir", str(runs), "--n-boot", "50"], cwd=ROOT, capture_output=True,
-                         text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "120"})
+                         text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "250"})
     assert run.returncode == 0, run.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_layers"] == 5 and len(summary["logit_lens"]["en"]["conflict"]["mean"]) == 6
-    assert summary["pad_seconds"] > 0
+    assert summary["pad_seconds"] == tiny.window_seconds and "pad_rule" in summary
+    assert summary["answer"] == {"readout": "label"}
+    assert set(summary["patching"]["en"]) == {"text", "audio", "audio_only"} and summary["patching"]["unit"] == "clip"
+    assert summary["patching"]["en"]["audio_only"]["n_clips"] == 9
+    assert summary["accuracy"]["en"]["conflict"]["answers_T"]["unit"] == "clip"
+    # the takeover layer is a decoder-layer index; the tables count residual layers (decoder layer K's output is K + 1)
+    assert summary["planted_takeover"] == {"decoder_layer": 2, "residual_layer": 3}
+    assert "decoder layer K = 2" in run.stdout and "residual layer 3" in run.stdout
+    rows = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    assert {r["probe"] for r in rows} == {"answer", "lens", "patch_text", "patch_audio", "patch_audio_only"}
     assert (out / "logit_lens.png").stat().st_size > 10_000 and (out / "patching.png").stat().st_size > 10_000
     methods = sorted(json.loads(p.read_text())["method"] for p in (runs / "records").glob("*.json"))
     assert methods == ["baseline:conflict-prompt", "baseline:judge-by-voice"]
+
+
+def test_patch_layers_in_any_order_or_repeated_give_each_layer_its_own_column(tiny, small_set):
+    """An unsorted or repeated layer list reads each listed layer in its own column (it used to swap or crash)."""
+    pairs = [p for p in patching.make_pairs(small_set.items) if p.kind == "text"][:3]
+    reference = patching.patched_label_logits(tiny, small_set, pairs, [0, 2, 4], patching.PatchConfig())
+    for naive in (False, True):
+        shuffled = patching.patched_label_logits(tiny, small_set, pairs, [4, 0, 2, 4],
+                                                 patching.PatchConfig(naive=naive))
+        np.testing.assert_allclose(shuffled, reference[:, [2, 0, 1, 2]], atol=1e-5)
+
+
+def test_patch_config_sorts_and_dedupes_its_layers(tiny, small_set):
+    assert patching.PatchConfig(layers=[4, 0, 2, 4]).layers == [0, 2, 4]
+    lens = logit_lens.run(tiny, small_set, logit_lens.LensConfig(batch_size=16, n_boot=20))
+    result = patching.run(tiny, small_set, lens.final_logits, patching.PatchConfig(layers=[3, 1, 3], n_boot=20))
+    assert result.layers == [1, 3] == result.summary["layers"]
+    assert all(len(r["flipped"]) == 2 for r in result.pairs)
+
+
+def test_patch_flip_intervals_resample_the_receivers_clips():
+    """Eight pairs from two clips, one clip always flipping and one never: the interval is the clip bootstrap's
+    (the whole range), not a Wilson interval over eight independent pairs."""
+    from common.stats import clustered_rate
+
+    rows = [dict(kind="audio", lang="en", clip_id=clip, effect=[None], flipped=[clip == "c0"])
+            for clip in ("c0", "c1") for _ in range(4)]
+    data = patching.summarize(rows, [5], patching.PatchConfig(n_boot=200))["en"]["audio"]
+    expected = clustered_rate([r["flipped"][0] for r in rows], [r["clip_id"] for r in rows], n_boot=200)
+    assert (data["flip_low"][0], data["flip_high"][0]) == (round(expected.low, 4), round(expected.high, 4))
+    assert data["flip_low"][0] == 0.0 and data["flip_high"][0] == 1.0
+    assert data["unit"] == "clip" and data["n_clips"] == 2 and data["n_pairs"] == 8
+
+
+def test_audio_only_pairs_take_a_donor_clip_of_emotion_t_in_the_same_sentence():
+    items = seed_items(["en"], ("audio_only", "conflict", "consistent"))
+    pairs = [p for p in patching.make_pairs(items) if p.kind == "audio_only"]
+    assert pairs and all(p.receiver.condition == p.donor.condition == "audio_only" for p in pairs)
+    assert all(p.donor.audio_emotion == p.text_emotion != p.audio_emotion for p in pairs)
+    assert all(p.donor.sentence == p.receiver.sentence and p.donor.lang == p.receiver.lang for p in pairs)
+
+
+@pytest.fixture(scope="module")
+def organism_alone(organism):
+    items = seed_items(["en"], ("audio_only",))
+    probe_set = load_probe_set(organism, items)
+    return probe_set, [p for p in patching.make_pairs(items) if p.kind == "audio_only"]
+
+
+def test_patch_audio_on_an_audio_only_receiver_flips_most_pairs_at_layer_0(organism, organism_alone):
+    """The organism hears the voice: swapping in the audio of a clip of emotion T before any layer moves most
+    audio-only answers to T."""
+    probe_set, pairs = organism_alone
+    logits = patching.patched_label_logits(organism, probe_set, pairs, [0], patching.PatchConfig())
+    emotions = spec.emotions()
+    flipped = [per_layer[0].argmax() == emotions.index(p.text_emotion) for p, per_layer in zip(pairs, logits)]
+    assert np.mean(flipped) >= 0.7, np.mean(flipped)
+
+
+def test_patch_audio_only_receiver_with_itself_is_identity(organism, organism_alone):
+    probe_set, pairs = organism_alone
+    selves = [patching.Pair("audio_only", p.receiver, p.receiver, p.audio_emotion, p.text_emotion)
+              for p in pairs[::4][:4]]
+    patched = patching.patched_label_logits(organism, probe_set, selves, [0, 16, 31], patching.PatchConfig())
+    _, final = logit_lens.label_logits(organism, probe_set, [p.receiver for p in selves], batch_size=4)
+    for pair, per_layer in zip(selves, patched):
+        for column in per_layer:
+            np.testing.assert_allclose(column, final[pair.receiver.item_id], atol=1e-4)
+
+
+def test_baselines_report_delta_as_t_minus_a_and_name_clip_and_claim(tmp_path):
+    """Record-level delta_last/delta_window are Δlogit = logit(T) − logit(A), the judge-by-voice prompt's shift from
+    the conflict prompt (negative = toward the voice), as every item's own delta_last; items carry clip_id and
+    text_emotion so a judge-by-voice item pairs with the conflict item of the same clip and claim."""
+    from types import SimpleNamespace
+
+    from probes import answers as probe_answers
+    from probes.run import _baselines
+
+    items = [i for i in seed_items(["en"], ("conflict", "voice")) if i.clip_id in ("A1-en", "A5-en")]
+    rng = np.random.default_rng(0)
+    curves = {i.item_id: rng.normal(size=(6, 5)) + (3.0 if i.condition == "voice" else 0.0) * np.eye(5)[
+        spec.emotions().index(i.audio_emotion)] for i in items}
+    lens = SimpleNamespace(label_logits=curves)
+    answers = probe_answers.Answers("label", {i.item_id: "sad" for i in items}, {i.item_id: "sad" for i in items}, {})
+    conflict_record, voice_record = _baselines(items, lens, answers, "en", SimpleNamespace(model="m", seed=0),
+                                               SimpleNamespace(n_layers=5), "hash", "stimuli", tmp_path, 1.0)
+    emotions = spec.emotions()
+
+    def delta(item):
+        return curves[item.item_id][-1, emotions.index(item.text_emotion)] - curves[item.item_id][
+            -1, emotions.index(item.audio_emotion)]
+
+    by_id = {i.item_id: i for i in items}
+    for record in (conflict_record, voice_record):
+        for row in record.items:
+            item = by_id[row["item_id"]]
+            assert row["delta_last"] == pytest.approx(delta(item), abs=1e-4)
+            assert (row["clip_id"], row["text_emotion"]) == (item.clip_id, item.text_emotion)
+    shift = (np.mean([delta(i) for i in items if i.condition == "voice"])
+             - np.mean([delta(i) for i in items if i.condition == "conflict"]))
+    assert voice_record.delta_last == pytest.approx(shift) and voice_record.delta_last < 0
+    assert {(r["clip_id"], r["text_emotion"]) for r in voice_record.items} == {
+        (r["clip_id"], r["text_emotion"]) for r in conflict_record.items}
+    assert voice_record.settings["answer"] == {"readout": "label"}
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_unforced_results(tiny, small_set, monkeypatch):
+    """A forward over more than three rows raises CUDA's out-of-memory error: the lens and the patching sweep retry
+    with half their batch and say so, decoding starts from the lens batch that fit, and the numbers are those of a
+    run that never ran out."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from probes import answers as probe_answers
+    from probes.run import probe
+
+    def run_all(say):
+        lens_config = logit_lens.LensConfig(batch_size=16, n_boot=50)
+        patch_config = patching.PatchConfig(layers=[0, 2, 4], batch_pairs=8, n_boot=50)
+        with Progress(console=Console(file=io.StringIO())) as progress:
+            results = probe(tiny, small_set, lens_config, patch_config, "generate", 2, progress, say)
+        return results, lens_config.batch_size, patch_config.batch_pairs
+
+    (lens, patch, answers), lens_batch, patch_batch = run_all(lambda message: None)
+    assert (lens_batch, patch_batch) == (16, 8)
+
+    def limited(function, size_of):
+        def wrapper(*args, **kwargs):
+            if size_of(*args, **kwargs) > 3:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return function(*args, **kwargs)
+        return wrapper
+
+    def rows(adapter, batch, **kwargs):
+        return len(batch)
+
+    monkeypatch.setattr(logit_lens, "run_traced", limited(logit_lens.run_traced, rows))
+    monkeypatch.setattr(patching, "run_traced", limited(patching.run_traced, rows))
+    monkeypatch.setattr(probe_answers, "greedy_texts",
+                        limited(probe_answers.greedy_texts, lambda *args, batch_size, **kw: batch_size))
+    said: list[str] = []
+    (forced_lens, forced_patch, forced_answers), lens_batch, patch_batch = run_all(said.append)
+    assert (lens_batch, patch_batch) == (2, 2)
+    assert "out of memory at lens items per forward = 16; retrying with 8" in said
+    assert "out of memory at patching pairs per forward = 8; retrying with 4" in said
+    for item_id, logits in lens.final_logits.items():
+        np.testing.assert_allclose(forced_lens.final_logits[item_id], logits, atol=1e-5)
+    assert forced_answers.answer == answers.answer and forced_answers.text == answers.text
+    assert [r["flipped"] for r in forced_patch.pairs] == [r["flipped"] for r in patch.pairs]
+    np.testing.assert_allclose([r["ld_patched"] for r in forced_patch.pairs], [r["ld_patched"] for r in patch.pairs],
+                               atol=1e-4)
+    assert forced_patch.summary["en"]["text"]["flip_rate"] == patch.summary["en"]["text"]["flip_rate"]
