@@ -65,8 +65,9 @@ def _hidden(output):
 @contextmanager
 def recording(adapter: ModelAdapter, stop_after: int | None = None, kv_prefix: int = 0):
     """Hooks that fill `resid` and `layer_kwargs` during a forward; with `stop_after = l` the forward is cut
-    right after `resid[l]` is recorded (early exit). With `kv_prefix = p` each layer's keys and values of the
-    first p positions are kept too (yielded third, by layer index), for `resume_suffix`."""
+    right after `resid[l]` is recorded (early exit: the with block ends there, no exception escapes it; with
+    `stop_after = n_layers` the final norm and LM head do not run). With `kv_prefix = p` each layer's keys and
+    values of the first p positions are kept too (yielded third, by layer index), for `resume_suffix`."""
     layers = adapter.decoder_layers
     resid: list[torch.Tensor | None] = [None] * (len(layers) + 1)
     layer_kwargs: list[dict | None] = [None] * len(layers)
@@ -99,6 +100,8 @@ def recording(adapter: ModelAdapter, stop_after: int | None = None, kv_prefix: i
         handles.append(layer.register_forward_hook(post_hook(index), with_kwargs=True))
     try:
         yield resid, layer_kwargs, prefix_kv
+    except _Stop:
+        pass  # the early exit asked for
     finally:
         for handle in handles:
             handle.remove()
@@ -124,10 +127,7 @@ def run_traced(adapter: ModelAdapter, batch: Batch, stop_after: int | None = Non
         inputs = {"inputs_embeds": inputs_embeds, **{k: v for k, v in inputs.items() if k in kept}}
     kv_prefix = kv_prefix if kv_prefix and suffix_supported(adapter) else 0
     with recording(adapter, last, kv_prefix) as (resid, layer_kwargs, kv):
-        try:
-            adapter.model(**inputs, use_cache=False)
-        except _Stop:
-            pass
+        adapter.model(**inputs, use_cache=False)
     logits = None
     if logits_at is not None:
         rows = torch.arange(len(logits_at), device=resid[last].device)

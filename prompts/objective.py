@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 import torch
 from transformers import DynamicCache
 
+from common.backoff import with_oom_backoff
 from common.errors import ModalflipError
 from models.adapter import Batch, ModelAdapter, Prompt
 from models.forward import lens, recording, run_traced
@@ -84,10 +86,11 @@ class Readout:
 
 
 class Scorer:
-    """Forwards of prompted items with the per-study caches (see module docstring)."""
+    """Forwards of prompted items with the per-study caches (see module docstring). A batch that runs out of GPU
+    memory is rerun in halves (`common.backoff`, `say` tells the user), and the smaller size is kept."""
 
     def __init__(self, adapter: ModelAdapter, layers: tuple[int, int], batch_size: int = 16, cache: str = "prefix",
-                 prefix_cache_mb: float = 1024):
+                 prefix_cache_mb: float = 1024, say: Callable[[str], None] = print):
         if cache not in CACHES:
             raise ValueError(f"cache must be one of {CACHES}")
         self.adapter = adapter
@@ -95,6 +98,7 @@ class Scorer:
         for layer in layers:
             adapter.check_layer(layer, "window layer")
         self.batch_size = batch_size
+        self.say = say
         self.cache = cache
         self.max_prefix_bytes = int(prefix_cache_mb * 2**20)
         self.prefix_bytes = 0
@@ -112,14 +116,18 @@ class Scorer:
         for item in items:
             by_lang.setdefault(item.lang, []).append(item)
         for group in by_lang.values():
-            for start in range(0, len(group), self.batch_size):
-                out.update(self._chunk(probe_set, group[start:start + self.batch_size]))
+            start = 0
+            while start < len(group):
+                part, self.batch_size = with_oom_backoff(
+                    lambda size: self._chunk(probe_set, group[start:start + size]), self.batch_size,
+                    "items per forward", self.say)
+                out.update(part)
+                start += self.batch_size
         return out
 
     def _chunk(self, probe_set: PromptedSet, chunk: list[Item]) -> dict[str, Readout]:
         adapter = self.adapter
         batch = adapter.build_batch([probe_set.wave(i.clip_id) for i in chunk], [probe_set.prompt(i) for i in chunk])
-        self.forwards += len(chunk)
         offset = 0
         if self.cache == "none":
             resid = run_traced(adapter, batch).resid
@@ -141,6 +149,7 @@ class Scorer:
         lensed = lens(adapter, at_answer, unique)  # (layers, batch, n_unique)
         logits = lensed.gather(2, inverse.unsqueeze(0).expand(len(layers), -1, -1)).float().cpu().numpy()
         n_audio = (batch.inputs["input_ids"] == adapter.audio_token_id).sum(dim=1).tolist()
+        self.forwards += len(chunk)  # counted once the chunk went through (not for a try that ran out of memory)
         return {item.item_id: Readout(final=logits[-1, j], window=logits[:-1, j],
                                       tokens=batch.spans[j].length - n_audio[j]) for j, item in enumerate(chunk)}
 
@@ -177,15 +186,15 @@ class Scorer:
         ids = batch.inputs["input_ids"]
         keys = [(item.clip_id, tuple(ids[j, :stop].tolist())) for j, item in enumerate(chunk)]
         new = [j for j, key in enumerate(keys) if key not in self.prefixes and key not in keys[:j]]
-        self.prefix_misses += len(new)
-        self.prefix_hits += len(keys) - len(new)
+        last = self.adapter.n_layers  # both forwards stop after the last decoder layer: no logits are computed
         if new:
             rows = torch.tensor(new, device=embeds.device)
             extra = self._positions(batch, rows, slice(0, stop))
             whole = DynamicCache()  # full-length layers: the model's own cache (`DynamicCache(config)`) would keep
             # only the last window - 1 positions of a sliding-window layer, too few for a suffix that starts at `stop`
-            model(inputs_embeds=embeds[rows, :stop], use_cache=True, cache=whole,
-                  attention_mask=batch.inputs["attention_mask"][rows, :stop], **extra)
+            with recording(self.adapter, last):
+                model(inputs_embeds=embeds[rows, :stop], use_cache=True, cache=whole,
+                      attention_mask=batch.inputs["attention_mask"][rows, :stop], **extra)
             for r, j in enumerate(new):
                 layers = [(layer.keys[r:r + 1].clone(), layer.values[r:r + 1].clone()) for layer in whole.layers]
                 self.prefixes[keys[j]] = layers
@@ -201,9 +210,11 @@ class Scorer:
         cache = DynamicCache(per_layer)  # full-length layers, no config: each layer sees the whole prefix and its
         # own mask (sliding or full) limits what it attends to
         extra = self._positions(batch, None, slice(stop, None))
-        with recording(self.adapter) as (resid, _, _):
+        with recording(self.adapter, last) as (resid, _, _):
             model(inputs_embeds=embeds[:, stop:], attention_mask=batch.inputs["attention_mask"], cache=cache,
                   use_cache=True, **extra)
+        self.prefix_misses += len(new)  # counted once the suffix went through (a retry after running out of
+        self.prefix_hits += len(keys) - len(new)  # memory finds the prefixes its failed try computed)
         return resid
 
     @staticmethod
@@ -288,7 +299,11 @@ class TextControl:
         emotions = spec.emotions()
         clean_items = list({i.item_id: i for p in units for i in (p.receiver, p.donor)}.values())
         clean = self.scorer.readouts(probe_set, clean_items)
-        patched = patched_label_logits(self.scorer.adapter, probe_set, units, self.layers, self.config)
+        patched, size = with_oom_backoff(
+            lambda size: patched_label_logits(self.scorer.adapter, probe_set, units, self.layers,
+                                              replace(self.config, batch_pairs=size)),
+            self.config.batch_pairs, "patched pairs per forward", self.scorer.say)
+        self.config = replace(self.config, batch_pairs=size)
         self.scorer.forwards += len(units) * (1 + len(self.layers))
         rows = []
         for pair, per_layer in zip(units, patched):

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from common.atomic import atomic_write_json, atomic_write_png, atomic_write_text
+from common.backoff import with_oom_backoff
 from common.cli import languages, parse_layer_range, runner_parser
 from common.errors import ModalflipError
 from eval.records import load_records, make_record, write_record
@@ -64,7 +65,8 @@ def parser() -> argparse.ArgumentParser:
                         "embeddings; none: full forwards")
     p.add_argument("--prefix-cache-mb", type=float, default=1024,
                    help="memory for prefix key/value caches; the least recently used are dropped beyond it")
-    p.add_argument("--batch-size", type=int, default=16, help="items per forward pass")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="items per forward pass (halved for the rest of the run when the GPU runs out of memory)")
     p.add_argument("--grammar", help="a prompt grammar file (default: prompts/grammar.json)")
     p.add_argument("--stimuli", help="a manifest (JSONL/CSV) of your own clips; default: the committed seed set")
     p.add_argument("--top", type=int, default=10, help="prompts in the table and best_prompts.json")
@@ -118,7 +120,7 @@ def main(argv=None) -> int:
         def tick(finished: int, best: float | None) -> None:
             bar.update(task, completed=finished, best="-" if best is None else f"{best:.4f}")
 
-        result = run(adapter, probe_set, config, tick)
+        result = run(adapter, probe_set, config, tick, say=console.print)
     if args.worker:
         console.print(f"worker done: {result.ran} trials; the study has {result.finished}/{args.trials} finished"
                       + (f", {result.running} running elsewhere" if result.running else ""))
@@ -152,8 +154,12 @@ def heldout_report(adapter, probe_set, result: SearchResult, heldout_items, args
     evaluation_started = time.time()
     layers = config.layers
     best = result.best[0]
-    found = evaluate(adapter, probe_set, best["slots"], heldout_items, layers, args.batch_size, args.grammar)
-    seed = evaluate(adapter, probe_set, grammar.seed_prompt, heldout_items, layers, args.batch_size, args.grammar)
+    found, size = with_oom_backoff(
+        lambda size: evaluate(adapter, probe_set, best["slots"], heldout_items, layers, size, args.grammar),
+        args.batch_size, "items per forward")
+    seed, _ = with_oom_backoff(
+        lambda size: evaluate(adapter, probe_set, grammar.seed_prompt, heldout_items, layers, size, args.grammar),
+        size, "items per forward")
     seed_by_id = {row["item_id"]: row for row in seed.items}
     trials = [t for t in result.trials if t["state"] in ("COMPLETE", "PRUNED")]
     study_seconds = float(sum(t["seconds"] or 0.0 for t in trials))

@@ -153,11 +153,13 @@ def open_study(config: SearchConfig, grammar: Grammar) -> optuna.Study:
 
 
 def run(adapter: ModelAdapter, probe_set: ProbeSet, config: SearchConfig,
-        progress: Callable[[int, float | None], None] | None = None) -> SearchResult:
+        progress: Callable[[int, float | None], None] | None = None,
+        say: Callable[[str], None] = print) -> SearchResult:
     """Run this worker's share of the study until it has `config.trials` finished trials; see module docstring.
 
     `probe_set` holds the search items (conflict items; text-control also needs the consistent ones) and may hold
     more: only the search split of its items is scored. `progress(finished, best score)` is called after each trial.
+    A scoring batch that runs out of GPU memory is halved for the rest of the run, and `say` tells the user.
     """
     if config.objective not in OBJECTIVES:
         raise ModalflipError(f"unknown objective {config.objective!r}; known: {', '.join(OBJECTIVES)}")
@@ -166,7 +168,7 @@ def run(adapter: ModelAdapter, probe_set: ProbeSet, config: SearchConfig,
     started = time.perf_counter()
     grammar = load_grammar(config.grammar_path)
     search, _ = split_items(probe_set.items)
-    scorer = Scorer(adapter, config.layers, config.batch_size, config.cache, config.prefix_cache_mb)
+    scorer = Scorer(adapter, config.layers, config.batch_size, config.cache, config.prefix_cache_mb, say)
     objective = make_objective(config.objective, scorer, search)
     if not objective.units:
         raise ModalflipError(f"no {config.objective} units among the search items: audio-flip needs conflict items, "
