@@ -30,6 +30,7 @@ from common.atomic import atomic_write_text
 from common.cli import run_main
 from common.errors import ModalflipError
 from eval.records import Record, code_version, load_records
+from probes.answers import share_text
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = Path("models/organism/figures")
@@ -97,9 +98,12 @@ def record_ids(runs: Path) -> set[str]:
 
 
 def share(record: Record) -> str:
-    """"k/n (rate) [low, high]" of a record's flips, the interval as the record gives it."""
+    """"k/n (rate) [low, high], N clips" of a record's flips, the interval (over clips) as the record gives it."""
     return (f"{record.flips}/{record.n_items} ({record.flip_rate:.2f}) "
-            f"[{record.ci_low:.2f}, {record.ci_high:.2f}]")
+            f"[{record.ci_low:.2f}, {record.ci_high:.2f}], {record.n_units} {record.ci_unit}s")
+
+
+KIND_NAMES = {"text": "Patch Text", "audio": "Patch Audio", "audio_only": "Patch Audio, audio-only receiver"}
 
 
 def probes_section(step: Step, summary: dict, figures: str | None) -> str:
@@ -107,22 +111,30 @@ def probes_section(step: Step, summary: dict, figures: str | None) -> str:
     patching = summary["patching"]
     index = {layer: i for i, layer in enumerate(patching["layers"])}
     layers = [layer for layer in SHOWN_LAYERS if layer in index]
+    takeover = summary.get("planted_takeover") or {}
     lines = [f"`{step.command}` ({step.seconds:.0f} s; stimuli: {summary['stimuli']}, hash "
-             f"{summary['stimulus_hash'][:8]}; model {summary['model_hash'][:8]})", "",
-             "| language | conflict lens critical layer | audio-only answers A | conflict answers T |",
-             "|---|---:|---:|---:|"]
+             f"{summary['stimulus_hash'][:8]}; model {summary['model_hash'][:8]}; clips padded to "
+             f"{summary['pad_seconds']} s). Shares with a 95% cluster-bootstrap interval over clips, the independent "
+             "unit; layers are residual indices (0 = embeddings)"
+             + (f"; the planted takeover is decoder layer {takeover['decoder_layer']}, whose output is residual "
+                f"layer {takeover['residual_layer']}." if takeover else "."), "",
+             "| language | conflict lens critical layer (per-item mean [95% CI]) | audio-only answers A | "
+             "conflict answers T |", "|---|---|---|---|"]
     for lang in langs:
-        accuracy = summary["accuracy"][lang]
-        lines.append(f"| {lang} | {summary['logit_lens'][lang]['conflict']['critical_layer']} | "
-                     f"{accuracy['audio_only_answers_A']:.3f} | {accuracy['conflict_answers_T']:.3f} |")
+        accuracy, lens = summary["accuracy"][lang], summary["logit_lens"][lang]["conflict"]
+        items = lens["critical_layer_items"]
+        lines.append(f"| {lang} | {lens['critical_layer']} ({items['mean']:.1f} [{items['low']:.1f}, "
+                     f"{items['high']:.1f}]) | {share_text(accuracy['audio_only']['answers_A'])} | "
+                     f"{share_text(accuracy['conflict']['answers_T'])} |")
     lines += ["", "Flip rate toward T when the donor's text (Patch Text) or audio (Patch Audio) span is copied in at "
-              "layer l:", "",
-              "| language | patch | " + " | ".join(f"l={layer}" for layer in layers) + " |",
-              "|---|---|" + "---:|" * len(layers)]
+              "residual layer l (receiver: the consistent item, or the audio-only item):", "",
+              "| language | patch | clips | " + " | ".join(f"l={layer}" for layer in layers) + " |",
+              "|---|---|---:|" + "---:|" * len(layers)]
     for lang in langs:
-        for kind in ("text", "audio"):
-            rates = patching[lang][kind]["flip_rate"]
-            lines.append(f"| {lang} | {kind} | " + " | ".join(f"{rates[index[l]]:.2f}" for l in layers) + " |")
+        for kind, data in patching[lang].items():
+            cells = [f"{data['flip_rate'][index[l]]:.2f} [{data['flip_low'][index[l]]:.2f}, "
+                     f"{data['flip_high'][index[l]]:.2f}]" for l in layers]
+            lines.append(f"| {lang} | {KIND_NAMES.get(kind, kind)} | {data['n_clips']} | " + " | ".join(cells) + " |")
     if figures:
         lines += ["", f"Figures: [logit lens]({figures}/logit_lens.png), [patching]({figures}/patching.png); "
                   "how to read them: [recipes/read-the-figures.md](recipes/read-the-figures.md)."]

@@ -38,9 +38,16 @@ def _batches(adapter, probe_set, pairs):
 
 
 def test_lens_last_layer_equals_logits(tiny, small_set):
+    """The lens at the last layer equals the logits of the model's own forward (its own norm and head), not only
+    the answer-row readout the probes compute."""
     result = logit_lens.run(tiny, small_set, logit_lens.LensConfig(batch_size=8, n_boot=50))
-    for item_id, per_layer in result.label_logits.items():
-        np.testing.assert_allclose(per_layer[-1], result.final_logits[item_id], atol=1e-5)
+    for item in small_set.items:
+        batch = tiny.build_batch([small_set.wave(item.clip_id)], [small_set.prompt(item)])
+        with torch.no_grad():
+            own = tiny.model(**batch.inputs, use_cache=False).logits[0, batch.spans[0].answer]
+        ids = [small_set.label_ids[item.lang][e] for e in spec.emotions()]
+        np.testing.assert_allclose(result.label_logits[item.item_id][-1], own[ids].numpy(), atol=1e-5)
+        np.testing.assert_allclose(result.final_logits[item.item_id], own[ids].numpy(), atol=1e-5)
 
 
 def test_lens_of_a_mixed_language_batch_reads_each_item_in_its_own_label_words(tiny):
