@@ -11,6 +11,7 @@ the weights, the stimulus spec and the bytes of every WAV used.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -81,22 +82,39 @@ class Directions:
                                  "include such clips (--lang both) or choose another target emotion")
         return row
 
+    def to(self, device: torch.device | str) -> "Directions":
+        """A copy whose means and derived tensors live on `device` (moved once, so that `project` and `probe`
+        copy nothing per call); the same object when it is there already."""
+        device = torch.device(device)
+        if self.present.device == device:
+            return self
+        moved = copy.copy(self)
+        for name in ("means", "centre", "unit", "gap", "flat"):
+            setattr(moved, name, {pos: value.to(device) for pos, value in getattr(self, name).items()})
+        moved.present = self.present.to(device)
+        return moved
+
     def project(self, pos: str, layer: int, resid: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Projection of resid (n, d_model) at `layer` on the direction of emotion rows[i] (indices into
         `emotions`), in class gaps from the centre; returns (n,), 0 where the classes do not separate (`flat`).
-        The class means stay where they were computed (the CPU); resid and rows may live on any device."""
-        rows = rows.to(self.unit[pos].device)
-        unit = self.unit[pos][rows, layer].to(resid)  # (n, d)
-        centre = self.centre[pos][layer].to(resid)
-        projection = ((resid - centre) * unit).sum(-1) / self.gap[pos][rows, layer].to(resid)
-        flat = self.flat[pos][rows, layer].to(resid.device)
-        return torch.where(flat, torch.zeros_like(projection), projection)
+        resid, rows and these directions live on one device (`to`)."""
+        unit = self.unit[pos][rows, layer]  # (n, d)
+        projection = ((resid - self.centre[pos][layer]) * unit).sum(-1) / self.gap[pos][rows, layer]
+        return torch.where(self.flat[pos][rows, layer], torch.zeros_like(projection), projection)
+
+    def flat_layer(self, pos: str) -> torch.Tensor:
+        """(n_layers + 1,) bool: layers where every present class mean coincides (no class separates)."""
+        return self.flat[pos][self.present].all(0)
 
     def probe(self, pos: str, layer: int, resid: torch.Tensor) -> torch.Tensor:
-        """The linear probe: index of the nearest present class mean to each row of resid (n, d_model); (n,)."""
-        means = self.means[pos][:, layer].to(resid)  # (n_emotions, d)
+        """The linear probe: index of the nearest present class mean to each row of resid (n, d_model); (n,).
+        −1 (no reading) on a layer where all class means coincide, where the nearest mean would be a tie broken
+        by the order of the emotions, not a separation. resid and these directions live on one device."""
+        if bool(self.flat_layer(pos)[layer]):
+            return torch.full((resid.shape[0],), -1, dtype=torch.long, device=resid.device)
+        means = self.means[pos][:, layer].to(resid.dtype)  # (n_emotions, d)
         scores = resid @ means.T - 0.5 * (means * means).sum(-1)
-        scores[:, ~self.present.to(scores.device)] = float("-inf")
+        scores[:, ~self.present] = float("-inf")
         return scores.argmax(-1)
 
 
@@ -118,22 +136,23 @@ def compute(adapter: ModelAdapter, items: Sequence[Item], batch_rows: int = 8) -
     if not items:
         raise ModalflipError("no clean audio-only items to learn emotion directions from")
     inputs = load_probe_set(adapter, items, pad=False)
-    sums = {pos: torch.zeros(len(emotions), adapter.n_layers + 1, _width(adapter)) for pos in POSITIONS}
+    sums = {pos: torch.zeros(len(emotions), adapter.n_layers + 1, _width(adapter), device=adapter.device)
+            for pos in POSITIONS}  # (emotions, layers, d), summed on the model's device
     counts = [0] * len(emotions)
     for start in range(0, len(items), batch_rows):
         chunk = items[start:start + batch_rows]
         batch = adapter.build_batch([inputs.wave(i.clip_id) for i in chunk], [inputs.prompt(i) for i in chunk])
         trace = run_traced(adapter, batch)
         rows = [emotions.index(item.audio_emotion) for item in chunk]
+        index = torch.tensor(rows, device=adapter.device)
         for layer in range(adapter.n_layers + 1):
             read = read_positions(adapter, batch, trace.resid, layer)
             for pos in POSITIONS:
-                for i, row in enumerate(rows):
-                    sums[pos][row, layer] += read[pos][i].float().cpu()
+                sums[pos][:, layer].index_add_(0, index, read[pos].float())
         for row in rows:
             counts[row] += 1
     divisor = torch.tensor(counts, dtype=torch.float32).clamp_min(1).view(-1, 1, 1)
-    return Directions(emotions, {pos: sums[pos] / divisor for pos in POSITIONS}, counts)
+    return Directions(emotions, {pos: sums[pos].cpu() / divisor for pos in POSITIONS}, counts)
 
 
 def cache_key(adapter: ModelAdapter, items: Sequence[Item]) -> str:

@@ -33,3 +33,24 @@ def test_a_layer_where_the_classes_coincide_projects_to_zero_not_to_noise():
     projected = directions.project("audio", 1, resid, torch.arange(3))
     projected.sum().backward()
     assert torch.equal(projected, torch.zeros(3)) and torch.equal(resid.grad, torch.zeros(3, 4))
+
+
+def test_the_probe_reads_nothing_where_all_class_means_tie():
+    """On a flat layer the nearest mean is a tie broken by the emotions' order (it read the first emotion); the
+    probe now returns −1 there and still reads a separating layer."""
+    directions = _directions()
+    resid = directions.means["audio"][:, 1] + 0.1 * torch.randn(3, 4)
+    assert torch.equal(directions.probe("audio", 1, resid), torch.full((3,), -1))
+    assert torch.equal(directions.probe("audio", 0, directions.means["audio"][:, 0]), torch.arange(3))
+
+
+def test_directions_move_to_a_device_once():
+    """`to` moves the class means and everything derived from them; `project` and `probe` then run on that
+    device with no per-call copies (the meta device stands in for a GPU: no data, shapes and devices only)."""
+    directions = _directions()
+    moved = directions.to("meta")
+    assert moved is not directions and directions.to("cpu") is directions
+    assert all(t.device.type == "meta" for name in ("means", "centre", "unit", "gap", "flat")
+               for t in getattr(moved, name).values())
+    resid = torch.empty(3, 4, device="meta")
+    assert moved.project("audio", 0, resid, torch.arange(3, device="meta")).device.type == "meta"
