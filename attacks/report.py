@@ -1,4 +1,7 @@
-"""What a reader of one attack run sees: the persistence figure and the rich summary tables."""
+"""What a reader of one attack run sees: the persistence, curve and sweep figures and the rich summary tables.
+
+Every flip rate is shown with its 95% interval over clips (the unit is named: "clip", or "clip (one universal
+δ)"); Δlogit is logit(T) − logit(A), text minus voice, so an attack that works moves it down."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +29,8 @@ def persistence_figure(persistence: dict, path: str | Path, title: str) -> Path:
         top.plot(layers, persistence["projection_answer"][name], color=colour, label=f"{name}, answer position")
         top.plot(layers, persistence["projection_audio"][name], color=colour, linestyle="--",
                  label=f"{name}, audio span")
-        bottom.plot(layers, persistence["probe_accuracy_answer"][name], color=colour, marker=".", label=name)
+        accuracy = [float("nan") if v is None else v for v in persistence["probe_accuracy_answer"][name]]
+        bottom.plot(layers, accuracy, color=colour, marker=".", label=name)  # gaps: flat layers, no reading
         deepest = persistence["deepest_separating_layer"][name]
         if deepest is not None:
             bottom.axvline(deepest, color=colour, linestyle=":", linewidth=1)
@@ -47,11 +51,92 @@ def persistence_figure(persistence: dict, path: str | Path, title: str) -> Path:
     return atomic_write_png(path, fig)
 
 
+def curve_figure(curve: list[dict], path: str | Path, title: str) -> Path:
+    """`curve.png`: per step (restarts one after the other, separated by dotted lines), the loss (top) and the
+    share of the step's rows answering the target, at the current iterate and at each group's best (bottom;
+    absent under early exit, where the answer is not read)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = list(range(1, len(curve) + 1))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    top.plot(steps, [c["loss"] for c in curve], color="tab:blue")
+    top.set_ylabel("loss (mean over rows)")
+    if any(c["flip_rate"] is not None for c in curve):
+        bottom.plot(steps, [c["flip_rate"] for c in curve], color="0.5", label="current iterate")
+        bottom.plot(steps, [c["best_flip_rate"] for c in curve], color="tab:red", label="best iterate per group")
+        bottom.legend(fontsize=7)
+    else:
+        bottom.text(0.5, 0.5, "answer not read (early exit)", ha="center", va="center", transform=bottom.transAxes)
+    bottom.set_ylim(-0.03, 1.03)
+    bottom.set_ylabel("rows answering the target")
+    bottom.set_xlabel("step (all restarts)")
+    for index in range(1, len(curve)):
+        if curve[index]["restart"] != curve[index - 1]["restart"]:
+            for axis in (top, bottom):
+                axis.axvline(index + 0.5, color="black", linestyle=":", linewidth=1)
+    for axis in (top, bottom):
+        axis.grid(alpha=0.3)
+    top.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return atomic_write_png(path, fig)
+
+
+def sweep_figure(sweep: dict, path: str | Path) -> Path:
+    """`sweep.png`: the share of text-dominant answers flipped against the L∞ budget ε (log scale, left) and
+    against the achieved mean SNR in dB (right), with 95% intervals over the sweep's unit; one curve per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted(sweep["points"], key=lambda p: (p["budget"]["linf"], p["budget"].get("snr_db") or 0))
+    rates = [p["text_dominant"]["rate"] or 0.0 for p in points]
+    errors = [[r - p["text_dominant"]["ci95"][0] for r, p in zip(rates, points)],
+              [p["text_dominant"]["ci95"][1] - r for r, p in zip(rates, points)]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    label = f"{sweep['method']} ({sweep['optimizer']})"
+    left.errorbar([p["budget"]["linf"] for p in points], rates, yerr=errors, marker="o", capsize=3, label=label)
+    left.set_xscale("log")
+    left.set_xlabel("L∞ budget ε (full scale 1)")
+    snr = [p["snr_db_mean"] for p in points]
+    kept = [i for i, value in enumerate(snr) if value is not None]
+    right.errorbar([snr[i] for i in kept], [rates[i] for i in kept],
+                   yerr=[[errors[0][i] for i in kept], [errors[1][i] for i in kept]], marker="o", capsize=3,
+                   label=label)
+    right.set_xlabel("achieved SNR, mean over clips (dB)")
+    right.invert_xaxis()  # louder perturbations to the right on both panels
+    left.set_ylabel(f"text-dominant answers flipped\n(95% interval over {sweep['unit']}s)")
+    for axis in (left, right):
+        axis.set_ylim(-0.03, 1.03)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    fig.suptitle(f"{sweep['model']['id']}: success against budget", fontsize=10)
+    fig.tight_layout()
+    return atomic_write_png(path, fig)
+
+
+def sweep_table(sweep: dict) -> Table:
+    """One row per budget: ε, SNR floor, the text-dominant flips with their interval, achieved SNR/STOI/PESQ."""
+    table = Table(title=f"budget sweep — {sweep['method']} ({sweep['optimizer']}); intervals over {sweep['unit']}s")
+    for name in ("ε", "SNR floor", "text-dominant flipped", "SNR dB (mean)", "STOI", "PESQ-wb", "folder"):
+        table.add_column(name, justify="left" if name == "folder" else "right")
+    for point in sweep["points"]:
+        floor = point["budget"].get("snr_db")
+        table.add_row(f"{point['budget']['linf']:g}", "—" if floor is None else f"{floor:g}",
+                      _rate(point["text_dominant"]), _num(point["snr_db_mean"], ".1f"),
+                      _num(point["stoi_mean"], ".3f"), _num(point["pesq_wb_mean"], ".2f"), point["folder"])
+    return table
+
+
 def _rate(entry: dict) -> str:
     low, high = entry["ci95"]
     if not entry["n"]:
         return "0/0 (no such items)"
-    return f"{entry['k']}/{entry['n']} = {entry['rate']:.0%}  [{low:.0%}, {high:.0%}]"
+    return (f"{entry['k']}/{entry['n']} = {entry['rate']:.0%}  [{low:.0%}, {high:.0%}] over {entry['n_units']} "
+            f"{entry['unit']}s")
 
 
 def _num(value, fmt: str) -> str:
@@ -59,8 +144,10 @@ def _num(value, fmt: str) -> str:
 
 
 def summary_table(metrics: dict) -> Table:
-    """The run at a glance: budget and perceptual size, flip rates with Wilson intervals, persistence, cost."""
-    table = Table(title=f"PGD persistence attack — {metrics['model']['id']}", show_header=True)
+    """The run at a glance: budget and perceptual size, flip rates with intervals over clips, Δlogit (T − A),
+    persistence, cost."""
+    title = f"{metrics['method']} — {metrics['model']['id']} (intervals over {metrics['flips']['unit']}s)"
+    table = Table(title=title, show_header=True)
     table.add_column("quantity")
     table.add_column("value", justify="right")
     budget, size = metrics["budget"], metrics["perceptual"]["summary"]
@@ -74,12 +161,18 @@ def summary_table(metrics: dict) -> Table:
     table.add_row(f"conflict items answering {target}, clean", _rate(flips["before"]))
     table.add_row(f"conflict items answering {target}, attacked", _rate(flips["after"]))
     table.add_row("text-dominant answers flipped", _rate(flips["text_dominant"]))
+    shift = metrics["delta_logit"]
+    table.add_row("Δlogit = logit(T) − logit(A) shift, last / window",
+                  f"{shift['shift_last']:+.2f} / {shift['shift_window']:+.2f} (negative: toward the voice)")
     persistence = metrics["persistence"]
     deepest = persistence["deepest_separating_layer"]
     table.add_row("deepest layer where the target separates",
                   f"clean {_num(deepest['clean'], 'd')} → attacked {_num(deepest['adversarial'], 'd')}")
     table.add_row("attack window (layers)", f"{persistence['window'][0]}..{persistence['window'][1]}")
     timing = metrics["timing"]
+    settings = metrics["settings"]
+    table.add_row("optimiser, loss, steps × restarts",
+                  f"{settings['optimizer']}, {settings['loss']}, {settings['steps']} × {settings['restarts']}")
     table.add_row("steps, s per step, total s",
                   f"{timing['steps']}, {timing['seconds_per_step']:.2f}, {timing['seconds_total']:.0f}")
     return table

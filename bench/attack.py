@@ -2,8 +2,8 @@
 
 With the final-answer weight at 0 the attack's forward stops after --target-layer; this measures what that saves on
 the organism (or, when its weights are missing, on a random model of the organism's shape: 32 decoder layers of
-width 128, the same processor). One step = one batch of every selected clip under one conflict prompt, forward and
-backward through the front end, the default `run_attack.py` step. The first step is a warm-up and not counted.
+width 128, the same processor). One step = one batch of every selected clip under each of its conflict prompts,
+forward and backward through the front end, the default `run_attack.py` step. The first step is a warm-up and not counted.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     directions = direction_module.compute(adapter, items)
     conflict = [item for item in items if item.condition == "conflict"]
     config = pgd.PGDConfig(target_layer=adapter.check_layer(args.target_layer, "--target-layer"), final_weight=0.0)
-    rows = len({item.clip_id for item in conflict}) * config.prompts_per_clip
+    rows = len(conflict)  # every conflict prompt of every clip (prompts_per_clip None)
     timings = {}
     for name, early in (("early exit", True), ("full forward", False)):
         timings[name] = statistics.median(

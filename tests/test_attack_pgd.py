@@ -50,8 +50,8 @@ def test_gradient_reaches_the_waveform_through_the_front_end(tiny_adapter, items
     delta = torch.zeros(length, requires_grad=True)
     batch, labels = _batch(tiny_adapter, chosen, delta)
     config = dataclasses.replace(SMALL, final_weight=1.0)
-    loss, _ = pgd.objective(tiny_adapter, batch, _targets(chosen, directions), labels, directions, config)
-    loss.backward()
+    evaluation = pgd.objective(tiny_adapter, batch, _targets(chosen, directions), labels, directions, config)
+    evaluation.loss.mean().backward()
     assert delta.grad is not None
     assert bool(torch.isfinite(delta.grad).all())
     assert float(delta.grad.abs().max()) > 0
@@ -62,8 +62,8 @@ def test_early_exit_gives_the_same_loss_as_the_full_forward(tiny_adapter, items,
     batch, labels = _batch(tiny_adapter, chosen)
     args = (tiny_adapter, batch, _targets(chosen, directions), labels, directions)
     with torch.no_grad():
-        early, _ = pgd.objective(*args, dataclasses.replace(SMALL, early_exit=True))
-        full, _ = pgd.objective(*args, dataclasses.replace(SMALL, early_exit=False))
+        early = pgd.objective(*args, dataclasses.replace(SMALL, early_exit=True)).loss
+        full = pgd.objective(*args, dataclasses.replace(SMALL, early_exit=False)).loss
     assert SMALL.stop_layer() == SMALL.target_layer
     assert torch.allclose(early, full, atol=1e-6)
 
@@ -72,11 +72,15 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("universal, eot", [(False, 0), (True, 2)])
+@pytest.mark.parametrize("universal, eot, optimizer, restarts", [
+    (False, 0, "apgd", 2), (True, 2, "apgd", 1), (False, 0, "adam", 2), (False, 0, "pgd", 1)])
 def test_resume_after_a_kill_ends_with_the_uninterrupted_delta(tiny_adapter, items, directions, tmp_path, universal,
-                                                              eot):
+                                                              eot, optimizer, restarts):
+    """Killed after step 2 (inside the first restart), the rerun resumes the optimiser state, best iterates,
+    RNG and curves: the same losses and the same δ as a run that was never stopped."""
     chosen = _conflict(items, "A6-en", "A7-en")
-    config = dataclasses.replace(SMALL, universal=universal, eot=eot, batch_rows=3)  # rows span several chunks
+    config = dataclasses.replace(SMALL, universal=universal, eot=eot, batch_rows=3, optimizer=optimizer,
+                                 restarts=restarts, steps=4 if restarts == 1 else 3)  # rows span several chunks
     whole = pgd.run(tiny_adapter, chosen, config, directions, checkpoint=tmp_path / "whole.pt")
 
     def kill_after_two(step, parts):
@@ -86,8 +90,8 @@ def test_resume_after_a_kill_ends_with_the_uninterrupted_delta(tiny_adapter, ite
     with pytest.raises(Killed):
         pgd.run(tiny_adapter, chosen, config, directions, checkpoint=tmp_path / "killed.pt", callback=kill_after_two)
     resumed = pgd.run(tiny_adapter, chosen, config, directions, checkpoint=tmp_path / "killed.pt")
-    assert resumed.resumed_from == 2 and resumed.steps == whole.steps == 4
-    assert resumed.losses == whole.losses
+    assert resumed.resumed_from == 2 and resumed.steps == whole.steps == config.steps * restarts
+    assert resumed.losses == whole.losses and resumed.curve == whole.curve
     assert whole.deltas.keys() == resumed.deltas.keys()
     for key in whole.deltas:
         assert torch.equal(whole.deltas[key], resumed.deltas[key])
@@ -111,7 +115,7 @@ def test_pgd_raises_the_projection_on_the_voice_emotion_inside_the_budget(tiny_a
     written = result.perturbation(chosen[0], clean)
     assert written.abs().max() <= config.epsilon
     assert snr_db(clean.numpy(), written.numpy()) >= 35.0
-    assert result.queries == 6 * 4  # one clip, its four conflict prompts in every step
+    assert result.queries == 6 * 4  # one clip, its four conflict prompts in every step (the default: all)
 
 
 def test_a_universal_delta_is_one_per_voice_emotion_and_spans_the_window(tiny_adapter, items, directions):
@@ -135,3 +139,47 @@ def test_bad_settings_are_user_errors(tiny_adapter, items, directions, change, m
 def test_an_empty_item_set_is_a_user_error(tiny_adapter, directions):
     with pytest.raises(ModalflipError, match="no items"):
         pgd.run(tiny_adapter, [], SMALL, directions)
+
+
+def test_apgd_checkpoints_follow_croce_and_hein():
+    """p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06): 22, 41, 57, 70, 80, 87, 93 of 100."""
+    assert pgd.apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_the_margin_loss_stops_at_kappa_and_cross_entropy_does_not():
+    logits = torch.tensor([[3.0, 0.0, 1.0], [0.0, 2.0, 0.5]])
+    targets = torch.tensor([0, 0])
+    margin = pgd.answer_loss(logits, targets, pgd.PGDConfig(loss="margin", kappa=1.5))
+    assert torch.allclose(margin, torch.tensor([-1.5, 2.0]))  # a 2-logit lead counts as κ = 1.5
+    ce = pgd.answer_loss(logits, targets, pgd.PGDConfig(loss="ce"))
+    assert torch.allclose(ce, torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
+
+
+@pytest.mark.parametrize("optimizer", ["apgd", "pgd", "adam"])
+def test_every_optimizer_stays_inside_the_budget_and_keeps_the_best_iterate(tiny_adapter, items, directions,
+                                                                            optimizer):
+    chosen = _conflict(items, "A5-en")
+    config = dataclasses.replace(SMALL, optimizer=optimizer, steps=3, restarts=2, snr_db=30.0, final_weight=1.0,
+                                 loss="margin", checkpoint_every=0, step_size=0.01)  # a step far beyond ε
+    result = pgd.run(tiny_adapter, chosen, config, directions)
+    clean = load_probe_set(tiny_adapter, chosen, pad=False).wave("A5-en")
+    kept = result.deltas["A5-en"]
+    assert kept.abs().max() <= config.epsilon and (clean + kept).abs().max() <= 1.0
+    assert snr_db(clean.numpy(), kept.numpy()) >= 30.0 - 1e-3  # float32 norms; the written δ below is exact
+    written = result.perturbation(chosen[0], clean)
+    assert written.abs().max() <= config.epsilon and snr_db(clean.numpy(), written.numpy()) >= 30.0
+    assert len(result.curve) == 6 and [c["restart"] for c in result.curve] == [0, 0, 0, 1, 1, 1]
+    # the kept δ is the best scored iterate: as many hits as the best step, and that step's loss
+    best = max(result.curve, key=lambda c: (c["flip_rate"], -c["loss"]))
+    assert result.hits["A5-en"] == round(best["flip_rate"] * 4)
+
+
+def test_a_start_inside_the_ball_is_scored_first_so_a_larger_budget_never_ends_worse(tiny_adapter, items,
+                                                                                     directions):
+    chosen = _conflict(items, "A6-en")
+    small = dataclasses.replace(SMALL, steps=2, final_weight=1.0, checkpoint_every=0, prompts_per_clip=None)
+    inner = pgd.run(tiny_adapter, chosen, small, directions)
+    outer = pgd.run(tiny_adapter, chosen, dataclasses.replace(small, epsilon=0.004), directions, start=inner.deltas)
+    assert outer.curve[0]["loss"] == pytest.approx(min(c["loss"] for c in inner.curve
+                                                       if c["flip_rate"] == inner.hits["A6-en"] / 4), rel=1e-5)
+    assert outer.hits["A6-en"] >= inner.hits["A6-en"]
