@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--prompt-from", default=None,
                         help=f"ask the conflict items with a prompt search's best_prompts.json (its best prompt) or "
                              f"a stimulus template ({', '.join(TEMPLATES)}); default: the stimulus set's own")
+    attack.add_argument("--transfer-from", default=None,
+                        help="evaluate the adversarial clips of this attack folder (one budget's, from any model) on "
+                             "--model without optimising; the attack options come from that run")
     return parser
 
 

@@ -13,6 +13,10 @@ and one leaderboard record per language under `<runs-dir>/records/`. With severa
 the text-dominant answers against ε and against the achieved SNR, with intervals over clips. Every user error is
 raised before a folder is created.
 
+`--transfer-from RUN_DIR` evaluates the adversarial clips another run wrote (one budget's folder, made on any
+model) on this `--model`, without optimising: the same files less the curve and checkpoint, method
+"<source method>-transfer", the source run named in metrics.json and the record's settings.
+
 Flips. An item's target is the voice's emotion A (or `--target-emotion`). "before"/"after" count the conflict items
 whose answer (the label word with the highest final logit) is the target, clean and attacked; "text_dominant"
 counts, among the items whose clean answer was the text's emotion T, those whose attacked answer is the target.
@@ -56,7 +60,7 @@ from prompts.grammar import load_grammar
 from prompts.objective import prompted
 from prompts.search import label_ids_all
 from stimuli import spec
-from stimuli.audio_io import write_wav
+from stimuli.audio_io import load_audio, write_wav
 from stimuli.conditions import Item, build_items, seed_items
 from stimuli.manifest import read_manifest, stimulus_set_hash
 
@@ -142,6 +146,46 @@ def prompt_source(name: str | None) -> tuple[str | None, dict | None]:
     return None, {"sample": sample, "trial": best.get("number"), "source": str(path)}
 
 
+def transfer_source(run_dir: str | None, batch_rows: int) -> tuple[pgd.PGDConfig | None, dict | None]:
+    """(the source attack's settings, a note on it) for `--transfer-from RUN_DIR`, a single-budget attack folder
+    whose adversarial clips are evaluated on this model without optimising; (None, None) when unset."""
+    if run_dir is None:
+        return None, None
+    folder = Path(run_dir)
+    if (folder / "sweep.json").is_file():
+        raise ModalflipError(f"--transfer-from {run_dir} is a sweep; give one budget's folder, e.g. "
+                             f"{folder / 'linf-0.002'}")
+    try:
+        source = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        known = {f.name for f in dataclasses.fields(pgd.PGDConfig)}
+        config = pgd.PGDConfig(**{k: v for k, v in source["settings"].items() if k in known})
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ModalflipError(f"--transfer-from {run_dir} holds no attack's metrics.json; give the folder of a "
+                             "finished run_attack.py run") from None
+    note = {"run": str(folder), "model": source["model"], "method": source["method"]}
+    return dataclasses.replace(config, batch_rows=batch_rows), note
+
+
+def transferred_deltas(folder: Path, items: list[Item], inputs: ProbeSet, config: pgd.PGDConfig,
+                       sampling_rate: int) -> pgd.PGDResult:
+    """The δ of every clip of `items` as the source run wrote it: its adversarial WAV minus the clean clip."""
+    deltas = {}
+    for item in items:
+        if item.clip_id in deltas:
+            continue
+        path = folder / "adv" / item.lang / f"{item.clip_id}.wav"
+        if not path.is_file():
+            raise ModalflipError(f"--transfer-from {folder} has no adversarial clip {item.clip_id} ({path}); select "
+                                 "the clips it attacked with --clips and --lang")
+        clean = inputs.wave(item.clip_id)
+        adversarial = torch.as_tensor(load_audio(path, sampling_rate))
+        if adversarial.shape != clean.shape:
+            raise ModalflipError(f"{path} lasts {adversarial.shape[0]} samples, the clean clip {clean.shape[0]}: "
+                                 "the source run attacked other audio")
+        deltas[item.clip_id] = adversarial - clean
+    return pgd.PGDResult(deltas=deltas, budget=config.budget, universal=False)
+
+
 def with_template(items: list[Item], template: str | None) -> list[Item]:
     """The conflict items asked with stimulus template `template` instead of their own (None: unchanged)."""
     if template is None:
@@ -200,7 +244,8 @@ def run_attack(args: argparse.Namespace, recorder: Recorder) -> int:
     """The whole `run_attack.py` run, every budget of the sweep; returns the exit status. `recorder` writes the
     leaderboard records (it comes from the runner: attacks sit below eval and do not import it)."""
     console = Console()
-    configs = configs_from_args(args)
+    source_config, transfer = transfer_source(args.transfer_from, args.batch_rows)
+    configs = [source_config] if transfer else configs_from_args(args)
     template, searched = prompt_source(args.prompt_from)
     langs = cli.languages(args.lang)
     all_items = with_template(stimulus_items(args, langs), template)
@@ -220,7 +265,7 @@ def run_attack(args: argparse.Namespace, recorder: Recorder) -> int:
     setup = Setup(adapter=adapter, args=args, inputs=probe_inputs(adapter, attacked, searched), attacked=attacked,
                   train_items=train_items, eval_items=eval_items, split=split, directions=directions,
                   direction_clips=sorted({item.clip_id for item in clean_only}), searched=searched,
-                  template=template)
+                  template=template, transfer=transfer)
     out = cli.out_dir(args, "attack")
     console.print(f"[bold]attack[/bold] {adapter.model_id} ({adapter.n_layers} layers) on {len(train_items)} "
                   f"prompts of {len(train_clips)} clips; window {configs[0].from_layer}..{configs[0].target_layer}; "
@@ -247,7 +292,8 @@ def run_attack(args: argparse.Namespace, recorder: Recorder) -> int:
 @dataclasses.dataclass
 class Setup:
     """What every budget of one run shares: the model, the items (trained on and evaluated), the clips with their
-    prompts, the emotion directions (and the clips they were learnt from) and the prompt's source."""
+    prompts, the emotion directions (and the clips they were learnt from), the prompt's source and, for
+    `--transfer-from`, the run whose δs are evaluated."""
 
     adapter: ModelAdapter
     args: argparse.Namespace
@@ -260,6 +306,7 @@ class Setup:
     direction_clips: list[str]
     searched: dict | None
     template: str | None
+    transfer: dict | None = None  # `transfer_source`'s note when the δs come from another run
 
 
 def attack_budget(setup: Setup, config: pgd.PGDConfig, out: Path, recorder: Recorder, console: Console,
@@ -269,10 +316,14 @@ def attack_budget(setup: Setup, config: pgd.PGDConfig, out: Path, recorder: Reco
     started = time.time()
     adapter, inputs, directions = setup.adapter, setup.inputs, setup.directions
     targets = [directions.index(pgd.target_of(item, config)) for item in setup.eval_items]
-    result, rows = with_oom_backoff(
-        lambda size: _optimise(adapter, setup.train_items, dataclasses.replace(config, batch_rows=size), directions,
-                               inputs, out / CHECKPOINT, console, inner),
-        config.batch_rows, "PGD rows per forward", say=console.print)
+    if setup.transfer:
+        result, rows = transferred_deltas(Path(setup.transfer["run"]), setup.attacked, inputs, config,
+                                          adapter.sampling_rate), config.batch_rows
+    else:
+        result, rows = with_oom_backoff(
+            lambda size: _optimise(adapter, setup.train_items, dataclasses.replace(config, batch_rows=size),
+                                   directions, inputs, out / CHECKPOINT, console, inner),
+            config.batch_rows, "PGD rows per forward", say=console.print)
     config = dataclasses.replace(config, batch_rows=rows)
     clean_waves = {clip_id: inputs.wave(clip_id) for clip_id in inputs.waves}
     adv_waves = {}
@@ -292,12 +343,11 @@ def attack_budget(setup: Setup, config: pgd.PGDConfig, out: Path, recorder: Reco
     title = (f"{adapter.model_id}: clean vs adversarial (ε = {config.epsilon:g}); deepest layer where the probe "
              f"reads the target: {deepest['clean']} → {deepest['adversarial']}")
     report.persistence_figure(persistence, out / "persistence.png", title)
-    atomic_write_json(out / "curve.json", {"optimizer": config.optimizer, "steps": config.steps,
-                                           "restarts": config.restarts, "rows_per_step": len(setup.train_items)
-                                           if config.prompts_per_clip is None else None, "curve": result.curve})
-    method = method_name(config, prompt_label(setup))
-    report.curve_figure(result.curve, out / "curve.png",
-                        f"{method}, {config.optimizer}, ε = {config.epsilon:g} ({adapter.model_id})")
+    if not setup.transfer:
+        atomic_write_json(out / "curve.json", {"optimizer": config.optimizer, "steps": config.steps,
+                                               "restarts": config.restarts, "curve": result.curve})
+        report.curve_figure(result.curve, out / "curve.png",
+                            f"{metrics['method']}, {config.optimizer}, ε = {config.epsilon:g} ({adapter.model_id})")
     metrics["records"] = _records(setup, config, metrics, out, recorder)
     atomic_write_json(out / "metrics.json", metrics)
     console.print(report.summary_table(metrics))
@@ -305,8 +355,8 @@ def attack_budget(setup: Setup, config: pgd.PGDConfig, out: Path, recorder: Reco
     if not persistence["survives_further"]:
         console.print("[yellow]the target emotion does not separate deeper in the attacked audio than in the clean "
                       "audio at the answer position[/yellow]")
-    console.print(f"wrote {out / 'metrics.json'}, {out / 'curve.png'}, {out / 'persistence.png'}, {len(clip_rows)} "
-                  f"adversarial clips; leaderboard record(s) {', '.join(metrics['records'])}")
+    console.print(f"wrote {out / 'metrics.json'}, {out / 'persistence.png'}, {len(clip_rows)} adversarial clips; "
+                  f"leaderboard record(s) {', '.join(metrics['records'])}")
     return metrics, result
 
 
@@ -417,7 +467,8 @@ def _metrics(setup: Setup, config: pgd.PGDConfig, clean_read, adv_read, persiste
 
     shift = adv_dl - clean_dl
     return {
-        "method": method_name(config, prompt_label(setup)),
+        "method": method_name(config, prompt_label(setup)) + ("-transfer" if setup.transfer else ""),
+        "transfer_from": setup.transfer,
         "model": {"id": adapter.model_id, "hash": model_hash(adapter), "n_layers": adapter.n_layers},
         "stimulus_hash": stimulus_set_hash(args.stimuli),
         "stimuli": args.stimuli or "seed set",
@@ -481,12 +532,13 @@ def _records(setup: Setup, config: pgd.PGDConfig, metrics: dict, out: Path, reco
         shift = {span: float(np.mean([row[f"delta_logit_{span}"]["adversarial"] - row[f"delta_logit_{span}"]["clean"]
                                       for row in rows])) for span in ("last", "window")}
         settings = {**metrics["settings"], "lang": args.lang, "clips": args.clips, "stimuli": metrics["stimuli"],
-                    "prompt": metrics["prompt"]}
+                    "prompt": metrics["prompt"], "transfer_from": metrics["transfer_from"]}
         paths.append(recorder(
             method=method, settings=settings, model_id=adapter.model_id, model_hash=metrics["model"]["hash"],
             stimulus_hash=metrics["stimulus_hash"], lang=lang, budget=config.budget.as_record(), seed=config.seed,
             items=items, delta_last=shift["last"], delta_window=shift["window"],
             seconds=metrics["timing"]["seconds_total"], queries=metrics["timing"]["queries"], artifacts=out,
-            window=(config.from_layer, config.target_layer), figures=["persistence.png", "curve.png"],
+            window=(config.from_layer, config.target_layer),
+            figures=["persistence.png"] + ([] if setup.transfer else ["curve.png"]),
             unit=metrics["flips"]["unit"]))
     return paths

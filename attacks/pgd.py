@@ -437,7 +437,8 @@ def run(adapter: ModelAdapter, items: Sequence[Item], config: PGDConfig, directi
                 hits = sum(row_hits[p] for p in positions)
                 group.offer(hits, loss, grad.detach())
                 if step + 1 < config.steps:  # the last step of a restart only scores its iterate
-                    _update(group, grad.detach(), loss, step, marks, clips.get(key), config)
+                    clean = None if config.universal else clips[key]
+                    _update(group, grad.detach(), loss, step, marks, clean, config)
                 group.delta = group.delta.detach()
             if answered:
                 parts["flip_rate"] = sum(row_hits) / len(rows)

@@ -53,6 +53,7 @@ def test_bad_arguments_are_one_line_exit_2_and_write_nothing(tiny_checkpoint, tm
     (["--step-size", "-1", "--optimizer", "pgd"], "--step-size must be a positive"),
     (["--stimuli", "missing.jsonl"], "does not exist"),
     (["--prompt-from", "nowhere.json"], "neither a template"),
+    (["--transfer-from", "nowhere"], "holds no attack's metrics.json"),
 ])
 def test_bad_attack_options_are_one_line_and_write_nothing(tiny_checkpoint, tmp_path, capsys, bad, message):
     """The same contract as above, run in this process (no model load is needed to refuse these)."""
@@ -236,3 +237,26 @@ def test_a_universal_delta_learns_its_directions_from_training_clips_only(tiny_c
     assert metrics["flips"]["after"]["unit"] == "clip (one universal δ)"
     record = json.loads(next((tmp_path / "runs/records").glob("*.json")).read_text())
     assert record["ci_unit"] == "clip (one universal δ)"
+
+
+def test_saved_perturbations_transfer_to_another_model_without_optimising(tiny_checkpoint, tmp_path):
+    from run_attack import main
+
+    other = tmp_path / "other-model"
+    adapter = tiny_qwen2_audio(seed=1)
+    adapter.model.save_pretrained(other)
+    adapter.processor.save_pretrained(other)
+    assert main(_argv(tiny_checkpoint, tmp_path / "source", "--clips", "A7", "--epsilon", "0.004")) == 0
+    source = tmp_path / "source/out"
+    target = tmp_path / "target"
+    assert main(["--model", str(other), "--device", "cpu", "--lang", "en", "--clips", "A7", "--transfer-from",
+                 str(source), "--out", str(target / "out"), "--runs-dir", str(target / "runs")]) == 0
+    metrics = json.loads((target / "out/metrics.json").read_text())
+    assert metrics["method"] == "pgd-persistence+answer-transfer" and metrics["timing"]["steps"] == 0
+    assert metrics["transfer_from"]["run"] == str(source) and metrics["budget"]["linf"] == 0.004
+    assert metrics["model"]["hash"] != json.loads((source / "metrics.json").read_text())["model"]["hash"]
+    written, _ = sf.read(target / "out/adv/en/A7-en.wav", dtype="float32")
+    original, _ = sf.read(source / "adv/en/A7-en.wav", dtype="float32")
+    assert (written == original).all()  # the same adversarial clip, now measured on another model
+    assert not (target / "out/checkpoint.pt").exists()
+    assert len(list((target / "runs/records").glob("*.json"))) == 1
