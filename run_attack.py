@@ -56,19 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--target-emotion", default=DEFAULTS.target_emotion,
                         help="push answers to this emotion instead of the voice's own")
     attack.add_argument("--final-weight", type=float, default=DEFAULTS.final_weight,
-                        help="weight of the final answer's cross-entropy (0 = stop the forward at --target-layer)")
+                        help="weight of the final answer's loss (--loss; 0 = stop the forward at --target-layer)")
     attack.add_argument("--persistence-weight", type=float, default=DEFAULTS.persistence_weight,
                         help="weight of the projection on the target emotion's direction")
     attack.add_argument("--lens-weight", type=float, default=DEFAULTS.lens_weight,
                         help="weight of the logit-lens margin toward the target emotion")
     attack.add_argument("--prompts-per-clip", type=int, default=DEFAULTS.prompts_per_clip,
-                        help="conflict prompts of each clip in one step's batch, taken in turn (default: all)")
+                        help="conflict prompts of each clip in one step's batch, taken in turn (None: all)")
     attack.add_argument("--batch-rows", type=int, default=DEFAULTS.batch_rows,
                         help="prompt-clip rows per forward pass; halved automatically on out-of-memory errors")
     attack.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every,
-                        help="save the perturbations every N steps (0 = never)")
+                        help="save the attack's state every N steps (0 = never)")
     attack.add_argument("--clips", default=None,
-                        help="comma-separated clips to attack, e.g. A7,A9 or A7-en (default: all)")
+                        help="comma-separated clips to attack, e.g. A7,A9 or A7-en (None: all)")
     attack.add_argument("--stimuli", default=None,
                         help="a manifest (JSONL/CSV) of your own clips; default: the committed seed set")
     attack.add_argument("--prompt-from", default=None,
