@@ -148,7 +148,7 @@ def config_hash(adapter: ModelAdapter) -> str:
 def weights_fingerprint(adapter: ModelAdapter) -> str:
     """A hash of the weights that any changed value changes: per parameter its name, shape, first 64 values and
     the exact integer sum of its float32 bit patterns (order-free, so the same on every device; one read of the
-    weights, about a second for a 7B model on a GPU)."""
+    weights on their device, in chunks of 16 M values)."""
     digest = hashlib.sha256()
     for name, param in adapter.model.named_parameters():
         values = param.detach().flatten()
