@@ -33,7 +33,6 @@ from prompts.grammar import describe, load_grammar
 from prompts.objective import CACHES, OBJECTIVES
 from prompts.search import SPLIT_RULE, SearchConfig, SearchResult, evaluate, run, split_items
 from prompts.study import is_url, redact
-from stimuli import spec
 from stimuli.conditions import build_items, seed_items
 from stimuli.manifest import read_manifest, stimulus_set_hash
 
