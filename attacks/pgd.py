@@ -76,7 +76,8 @@ class PGDConfig:
     epsilon: float = 0.002  # L∞ bound on δ, full scale 1.0 (0.002 ≈ −54 dBFS, 65 steps of 16-bit audio)
     snr_db: float | None = None  # minimum SNR of x + δ against x, in dB; None = L∞ budget only
     optimizer: str = "apgd"  # "apgd" (step size adapts, starts at 2ε), "pgd" (sign steps), "adam"
-    steps: int = 100  # forward-backward passes per restart
+    steps: int = 100  # forward-backward passes per restart (on the organism's English items at ε 0.002, apgd's best
+    # iterates still gained between steps 60 and 80: 7 → 10 of 36 text-dominant answers flipped)
     step_size: float = 0.0005  # pgd: sign step; adam: learning rate; absolute, full scale 1 (apgd ignores it)
     schedule: str = "cosine"  # pgd and adam: "cosine" decays the step to a tenth of step_size; "constant"
     restarts: int = 1  # independent runs from random starts in the ball; each group keeps its best δ over all
