@@ -91,7 +91,7 @@ class RateInterval:
         if not self.n:
             return "0/0"
         return (f"{self.k}/{self.n} = {self.rate:.0%} [{self.low:.0%}, {self.high:.0%}] "
-                f"({self.n_units} {self.unit}s)")
+                f"({self.n_units} {self.unit}{'' if self.n_units == 1 else 's'})")
 
 
 def clustered_rate(successes: Sequence[bool], clusters: Sequence, unit: str = UNIT_CLIP, n_boot: int = N_BOOT,

@@ -29,7 +29,7 @@ from typing import Sequence
 from common.atomic import atomic_write_text
 from common.cli import run_main
 from common.errors import ModalflipError
-from eval.records import Record, code_version, load_records
+from eval.records import Record, artifacts_dir, code_version, load_records
 from probes.answers import share_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +38,14 @@ SEED_MANIFEST = ROOT / "stimuli" / "seed" / "manifest.jsonl"
 FAST_CLIPS = ("A2-en", "A4-en", "A6-en")  # happy, sad, angry at normal intensity: pairs for both patch kinds
 SHOWN_LAYERS = (0, 8, 15, 16, 17, 18, 20, 24, 28)
 
-# (the objective's name on the page, the options that select it); the default objective first
+# (the objective's name on the page, the options that select it); the default objective first, as a budget sweep;
+# all at the same seed, steps and optimiser, so that the three objectives form a matched comparison at ε 0.002
 ATTACKS = (
-    ("persistence + lens + final answer (default)", []),
+    ("persistence + lens + final answer (default)", ["--epsilon", "0.002,0.008"]),
     ("persistence + lens alone", ["--final-weight", "0"]),
     ("final answer alone", ["--persistence-weight", "0", "--lens-weight", "0"]),
-    ("default at ε 0.008", ["--epsilon", "0.008"]),
 )
+ATTACK_STEPS = "60"
 BENCHMARKS = ("bench.patching", "bench.attack", "bench.prompt_search")
 
 
@@ -100,7 +101,8 @@ def record_ids(runs: Path) -> set[str]:
 def share(record: Record) -> str:
     """"k/n (rate) [low, high], N clips" of a record's flips, the interval (over clips) as the record gives it."""
     return (f"{record.flips}/{record.n_items} ({record.flip_rate:.2f}) "
-            f"[{record.ci_low:.2f}, {record.ci_high:.2f}], {record.n_units} {record.ci_unit}s")
+            f"[{record.ci_low:.2f}, {record.ci_high:.2f}], {record.n_units} {record.ci_unit}"
+            f"{'' if record.n_units == 1 else 's'}")
 
 
 KIND_NAMES = {"text": "Patch Text", "audio": "Patch Audio", "audio_only": "Patch Audio, audio-only receiver"}
@@ -156,15 +158,38 @@ def search_section(step: Step, best: dict, record: Record) -> str:
         f"Best prompt: {slots}", "", "```text", f"system: {prompt['system']}", f"user: {prompt['user']}", "```"])
 
 
-def attack_section(rows: list[tuple[str, Step, list[Record], dict]]) -> str:
-    lines = ["| objective | command | language | text-dominant answers flipped [95% interval] | "
-             "SNR min / mean (dB) | time |", "|---|---|---|---|---|---:|"]
-    for name, step, records, metrics in rows:
-        snr = metrics["perceptual"]["summary"]
-        for record in records:
-            lines.append(f"| {name} | `{step.command}` | {record.lang} | {share(record)} | "
-                         f"{snr['snr_db_min']:.1f} / {snr['snr_db_mean']:.1f} | {step.seconds:.0f} s |")
+def attack_section(rows: list[tuple[str, Step, list[tuple[Record, dict]]]]) -> str:
+    """One row per record: its objective, budget, the attacked conflict items it flipped and the text-dominant ones
+    (both with intervals over clips), and the perceptual size of its perturbations."""
+    lines = ["| objective | command | language | ε | conflict answers on the voice's emotion [95% CI] | "
+             "text-dominant answers flipped [95% CI] | SNR min / mean (dB) | STOI | PESQ | time |",
+             "|---|---|---|---:|---|---|---|---:|---:|---:|"]
+    for name, step, measured in rows:
+        for record, metrics in measured:
+            size, dominant = metrics["perceptual"]["summary"], metrics["flips"]["text_dominant"]
+            lines.append(
+                f"| {name} | `{step.command}` | {record.lang} | {record.budget.get('linf', 0):g} | {share(record)} | "
+                f"{dominant['k']}/{dominant['n']} [{dominant['ci95'][0]:.2f}, {dominant['ci95'][1]:.2f}] | "
+                f"{size['snr_db_min']:.1f} / {size['snr_db_mean']:.1f} | {_number(size.get('stoi_mean'), 3)} | "
+                f"{_number(size.get('pesq_wb_mean'), 2)} | {step.seconds:.0f} s |")
     return "\n".join(lines)
+
+
+def _number(value, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def attack_metrics(records: list[Record], runs: Path) -> list[tuple[Record, dict]]:
+    """Each attack record with the metrics.json of its budget's folder."""
+    return [(record, json.loads((artifacts_dir(record, runs) / "metrics.json").read_text())) for record in records]
+
+
+def comparison_section(steps: list[tuple[str, Step]]) -> str:
+    parts = ["The three objectives at ε 0.002, same seed, steps and optimiser, paired on the same clips and claims "
+             "(`--compare`: paired cluster bootstrap of the difference, exact sign-flip test over clips):", ""]
+    for name, step in steps:
+        parts += [f"{name}: `{step.command}`", "", "```text", step.stdout.rstrip(), "```", ""]
+    return "\n".join(parts).rstrip()
 
 
 def board_section(step: Step, board: str, fast: bool) -> str:
@@ -247,10 +272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, (name, options) in enumerate(ATTACKS):
         before = record_ids(runs)
         out = runs / f"attack-{i + 1}"
-        small = ["--steps", "1", "--clips", "A4"] if args.fast else []
+        small = ["--steps", "1", "--clips", "A4"] if args.fast else ["--steps", ATTACK_STEPS, "--lang", "en"]
         step = run_step(["run_attack.py", "--target-layer", "15", *options, *small, "--out", str(out), *common],
                         args.threads)
-        attacks.append((name, step, new_records(runs, before), json.loads((out / "metrics.json").read_text())))
+        attacks.append((name, step, attack_metrics(new_records(runs, before), runs)))
+    matched = {name: next(r for r, _ in measured if r.budget.get("linf") == 0.002 and r.lang == "en")
+               for name, _, measured in attacks}
+    default = matched[ATTACKS[0][0]]
+    comparisons = [(f"default vs {name}", run_step(["-m", "eval.leaderboard", "--runs-dir", shown_runs, "--compare",
+                                                    default.short_id, record.short_id], args.threads))
+                   for name, record in matched.items() if record is not default]
 
     board = run_step(["-m", "eval.leaderboard", "--runs-dir", shown_runs, "--markdown", str(board_path)], args.threads)
     board_header = (f"# Sample leaderboard\n\nWritten by `python -m eval.results_page` (commit `{version}`, {today}): "
@@ -264,9 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections = [header(args.fast, version, today, machine(args.threads)),
                 "## Probes\n", probes_section(probes, summary, None if args.fast else f"../{FIGURES}"),
                 "\n## Prompt search\n", search_section(search, best, search_record),
-                "\n## Attacks\n", f"All at ε 0.002 unless named, {'1 PGD step' if args.fast else '40 PGD steps'}, "
-                "persistence window layers 5-15; a flip is a conflict answer that follows the text before the "
-                "attack and names the voice's emotion after it.\n", attack_section(attacks),
+                "\n## Attacks\n", f"English conflict items, {'1 step' if args.fast else ATTACK_STEPS + ' steps'} of "
+                "APGD (the default optimiser), persistence window layers 5-15. A flip is a conflict answer that names "
+                "the voice's emotion after the attack; text-dominant counts only the items whose clean answer "
+                "followed the text. Intervals resample clips.\n", attack_section(attacks),
+                "", comparison_section(comparisons),
                 "\n## Leaderboard\n", board_section(board, board_text, args.fast)]
     if benches:
         sections += ["\n## Benchmarks\n", "Ratios measured in one run each, threads pinned.\n", bench_section(benches)]
