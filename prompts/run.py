@@ -237,9 +237,12 @@ def score_plot(result: SearchResult, args, path: Path) -> None:
 
 
 def print_tables(console: Console, report: dict, out: Path) -> None:
-    table = Table(title=f"Top prompts of {report['study']} ({report['objective']}, search items)")
+    table = Table(title=f"Top prompts of {report['study']} ({report['objective']}, search items)",
+                  caption="search-item rates are the objective, picked as the best of many trials and so biased "
+                          "upward; the held-out line below gives the best prompt's rate with its interval over clips",
+                  caption_justify="left")
     measure = "effect" if report["objective"] == "text-control" else "margin"
-    for column in ("trial", "score", "flip rate", measure, "tokens"):
+    for column in ("trial", "score", "flip rate", "margin toward A" if measure == "margin" else measure, "tokens"):
         table.add_column(column, justify="right")
     table.add_column("prompt (system | user) for clips in the first language", overflow="fold")
     for row in report["best"]:
