@@ -143,7 +143,13 @@ def probes_section(step: Step, summary: dict, figures: str | None) -> str:
     return "\n".join(lines)
 
 
-def search_section(step: Step, best: dict, record: Record) -> str:
+def held_share(result: dict) -> str:
+    """'32/32 (1.00) [0.68, 1.00], 8 clips' of a held-out evaluation in best_prompts.json."""
+    return (f"{result['flips']}/{result['n_items']} ({result['flip_rate']:.2f}) [{result['ci'][0]:.2f}, "
+            f"{result['ci'][1]:.2f}], {result['n_units']} clips")
+
+
+def search_section(step: Step, best: dict, records: list[Record]) -> str:
     heldout, top = best["heldout"], best["best"][0]
     seed = heldout["seed_prompt"]
     prompt = next(iter(top["prompt"].values()))
@@ -153,8 +159,9 @@ def search_section(step: Step, best: dict, record: Record) -> str:
         f"{best['this_run']['scored']} scored in full this run, prefix-cache hit rate "
         f"{best['this_run']['prefix_hit_rate']:.2f})", "",
         f"Held out (clips {', '.join(best['heldout_clips'])}, never scored by the search): the best prompt (trial "
-        f"{heldout['trial']}) moves the answer to the voice's emotion on {share(record)}; the seed conflict prompt "
-        f"on {seed['flips']}/{heldout['n_items']} ({seed['flip_rate']:.2f}).", "",
+        f"{heldout['trial']}) moves the answer to the voice's emotion on {held_share(heldout)}; the seed conflict "
+        f"prompt on {held_share(dict(seed, n_items=heldout['n_items'], n_units=heldout['n_units']))}. Per "
+        f"language, the leaderboard records: {'; '.join(f'{r.lang} {share(r)}' for r in records)}.", "",
         f"Best prompt: {slots}", "", "```text", f"system: {prompt['system']}", f"user: {prompt['user']}", "```"])
 
 
@@ -265,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     search_out = runs / "prompt-search"
     search = run_step(["run_prompt_search.py", "--trials", "3" if args.fast else "500", "--out", str(search_out),
                        *common], args.threads)
-    search_record = next(r for r in new_records(runs, before) if r.method == "prompt-search")
+    search_records = [r for r in new_records(runs, before) if r.method == "prompt-search"]
     best = json.loads((search_out / "best_prompts.json").read_text())
 
     attacks = []
@@ -294,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     for name in BENCHMARKS]
     sections = [header(args.fast, version, today, machine(args.threads)),
                 "## Probes\n", probes_section(probes, summary, None if args.fast else f"../{FIGURES}"),
-                "\n## Prompt search\n", search_section(search, best, search_record),
+                "\n## Prompt search\n", search_section(search, best, search_records),
                 "\n## Attacks\n", f"English conflict items, {'1 step' if args.fast else ATTACK_STEPS + ' steps'} of "
                 "APGD (the default optimiser), persistence window layers 5-15. A flip is a conflict answer that names "
                 "the voice's emotion after the attack; text-dominant counts only the items whose clean answer "

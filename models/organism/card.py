@@ -126,13 +126,22 @@ def lens_table(curves: dict, layers: list[int]) -> str:
 
 
 def patch_table(patching: dict, langs: list[str], layers: list[int]) -> str:
-    """Flip rates of the probes' patching summary at `layers` (all of them patched layers)."""
-    head = "| language | patch | " + " | ".join(f"l={l}" for l in layers) + " |"
-    rule = "|---|---|" + "---|" * len(layers)
+    """Flip rates of the probes' patching summary at `layers` (all of them patched layers), each with its 95%
+    interval over the receivers' clips, for every patch kind the summary holds."""
+    head = "| language | patch | clips | " + " | ".join(f"l={l}" for l in layers) + " |"
+    rule = "|---|---|---|" + "---|" * len(layers)
     index = {layer: i for i, layer in enumerate(patching["layers"])}
-    body = [f"| {lang} | {kind} | " + " | ".join(f"{patching[lang][kind]['flip_rate'][index[l]]:.2f}" for l in layers)
-            + " |" for lang in langs for kind in ("text", "audio")]
+    body = []
+    for lang in langs:
+        for kind, data in patching[lang].items():
+            cells = [f"{data['flip_rate'][index[l]]:.2f} [{data['flip_low'][index[l]]:.2f}, "
+                     f"{data['flip_high'][index[l]]:.2f}]" for l in layers]
+            body.append(f"| {lang} | {KIND_NAMES.get(kind, kind)} | {data.get('n_clips', '')} | " + " | ".join(cells)
+                        + " |")
     return "\n".join([head, rule, *body])
+
+
+KIND_NAMES = {"text": "text", "audio": "audio", "audio_only": "audio, audio-only receiver"}
 
 
 def draw_lens_by_intensity(curves: dict, k: int, path: Path) -> None:
@@ -216,7 +225,8 @@ audio-only per language) and `figures/patching.png`; numbers in `figures/summary
 `figures/items.jsonl`. Critical layer of the conflict lens (largest change of Δlogit): {critical}.
 
 Flip rate toward T when patching the instruction span (text) or the audio span (audio) from the donor into the
-consistent receiver at layer l:
+consistent receiver (or, last, the audio span into the audio-only receiver) at residual layer l, with 95%
+cluster-bootstrap intervals over the receivers' clips, the independent unit:
 
 {patch}"""
 
