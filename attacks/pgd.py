@@ -478,7 +478,7 @@ def _restart(adapter: ModelAdapter, clips: dict[str, torch.Tensor], keys: list[s
     device = next(iter(clips.values())).device
     for key in keys:
         clean = None if config.universal else clips[key]
-        length = int(adapter.extractor.n_samples) if config.universal else clean.shape[0]
+        length = int(round(adapter.window_seconds * adapter.sampling_rate)) if config.universal else clean.shape[0]
         start = torch.zeros(length)
         if config.random_start:
             start = (2 * torch.rand(length, generator=generator) - 1) * config.epsilon

@@ -341,6 +341,18 @@ def test_one_search_trial_and_two_attack_steps_run(built, family, tmp_path):
     assert max(float(d.abs().max()) for d in run.deltas.values()) <= attack.epsilon + 1e-7
 
 
+def test_a_universal_attack_spans_the_familys_own_window(built):
+    """Phi-4's extractor has no `n_samples`: the universal δ takes its length from the family's window."""
+    adapter = built.get("phi4_multimodal") or built.setdefault("phi4_multimodal", tiny_phi4_multimodal())
+    items = seed_items(["en"], ("audio_only", "conflict"))
+    directions = directions_module.compute(adapter, [i for i in items if i.clip_id in ("A7-en", "A3-en")])
+    chosen = [i for i in items if i.condition == "conflict" and i.clip_id == "A7-en"][:1]
+    attack = pgd.PGDConfig(from_layer=1, target_layer=2, steps=1, checkpoint_every=0, universal=True)
+    run = pgd.run(adapter, chosen, attack, directions)
+    window = round(adapter.window_seconds * adapter.sampling_rate)
+    assert run.steps == 1 and [d.shape[-1] for d in run.deltas.values()] == [window]
+
+
 def test_run_probes_accepts_a_saved_tiny_build(built, tmp_path):
     adapter = built.get("phi4_multimodal") or built.setdefault("phi4_multimodal", tiny_phi4_multimodal())
     model_dir = tmp_path / "tiny-phi4"
