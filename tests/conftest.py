@@ -52,6 +52,23 @@ def sensitive_tiny_qwen2_audio(layer_types: list[str] | None = None, sliding_win
     return adapter
 
 
+def two_clips() -> list:
+    """Two eSpeak clips of different length (about 1.5 s and 5.6 s; three windows for a tiny AF3)."""
+    from stimuli import tts
+
+    return [tts.render("The train leaves at noon.", "en", "happy", "normal"),
+            tts.render("I did not expect to see you here today, not at all.", "en", "sad", "strong")]
+
+
+def claim_prompts(emotions=("happy", "sad")) -> list:
+    """English prompts asserting each of `emotions`, with the claim word marked."""
+    from models.prompting import chat_prompt
+    from stimuli import spec
+
+    words = spec.label_words("en")
+    return [chat_prompt(spec.render_instruction("en", "assert", words[e]), "en", claim=words[e]) for e in emotions]
+
+
 @pytest.fixture(scope="session")
 def tiny_adapter():
     return tiny_qwen2_audio()

@@ -25,8 +25,8 @@ from models.families.qwen2_5_omni import FAMILY as OMNI
 from models.forward import lens, resume, resume_suffix, run_traced
 from models.loading import check_adapter, load_model
 from models.prompting import chat_prompt
-from stimuli import spec, tts
-from conftest import tiny_qwen2_audio
+from stimuli import spec
+from conftest import claim_prompts, tiny_qwen2_audio, two_clips
 
 FAMILIES = ["qwen2_audio", "qwen2_5_omni", "audioflamingo3"]
 N_LAYERS = 3
@@ -114,19 +114,12 @@ def adapter(request, built) -> ModelAdapter:
 
 @pytest.fixture(scope="module")
 def clips() -> list[np.ndarray]:
-    """Two eSpeak clips of different length (about 1.5 s and 4.5 s: three windows for the tiny AF3)."""
-    return [tts.render("The train leaves at noon.", "en", "happy", "normal"),
-            tts.render("I did not expect to see you here today, not at all.", "en", "sad", "strong")]
-
-
-def _prompts(emotions=("happy", "sad")):
-    words = spec.label_words("en")
-    return [chat_prompt(spec.render_instruction("en", "assert", words[e]), "en", claim=words[e]) for e in emotions]
+    return two_clips()
 
 
 @pytest.fixture
 def batch_and_trace(adapter, clips):
-    batch = adapter.build_batch(clips, _prompts())
+    batch = adapter.build_batch(clips, claim_prompts())
     with torch.no_grad():
         trace = run_traced(adapter, batch)
     return batch, trace
@@ -236,7 +229,7 @@ def test_resume_from_a_prefix_reproduces_the_suffix(adapter, clips, equal_length
     """Resuming only positions >= p on the traced run's prefix keys and values gives the full resume's logits there,
     with the traced mask (padded batch) and with the causal mask built when the run had none."""
     waves = [clips[0], clips[0]] if equal_lengths else clips
-    batch = adapter.build_batch(waves, _prompts())
+    batch = adapter.build_batch(waves, claim_prompts())
     prefix = int(batch.spans[0].instruction.start)
     with torch.no_grad():
         logits = adapter.model(**batch.inputs, use_cache=False).logits
@@ -271,7 +264,7 @@ def test_forward_from_embeddings_reproduces_logits(adapter, batch_and_trace, log
 
 def test_waveform_gradient_reaches_through_the_model(adapter, clips):
     wave = torch.tensor(clips[0], requires_grad=True)
-    batch = adapter.build_batch([wave], _prompts(("happy",)))
+    batch = adapter.build_batch([wave], claim_prompts(("happy",)))
     logits = adapter.model(**batch.inputs, use_cache=False).logits
     logits[0, batch.spans[0].answer].logsumexp(-1).backward()
     assert torch.isfinite(wave.grad).all() and wave.grad.abs().sum() > 0
@@ -289,12 +282,12 @@ def test_label_token_ids_errors_name_the_words(built):
 
 def test_check_aligned_names_the_differing_span(adapter, clips):
     words = spec.label_words("en")
-    same_clip = adapter.build_batch([clips[0], clips[0]], _prompts(("happy", "sad")))
+    same_clip = adapter.build_batch([clips[0], clips[0]], claim_prompts(("happy", "sad")))
     check_aligned(*same_clip.spans)  # one clip, label words of equal token length: aligned
-    other_clip = adapter.build_batch(clips, _prompts(("happy", "happy")))
+    other_clip = adapter.build_batch(clips, claim_prompts(("happy", "happy")))
     with pytest.raises(ModalflipError, match="audio spans differ"):
         check_aligned(*other_clip.spans)
-    longer = [_prompts(("happy",))[0], chat_prompt(spec.render_instruction("en", "voice", words["sad"]), "en",
+    longer = [claim_prompts(("happy",))[0], chat_prompt(spec.render_instruction("en", "voice", words["sad"]), "en",
                                                    claim=words["sad"])]
     with pytest.raises(ModalflipError, match="instruction spans differ"):
         check_aligned(*adapter.build_batch([clips[0], clips[0]], longer).spans)
@@ -303,13 +296,13 @@ def test_check_aligned_names_the_differing_span(adapter, clips):
 def test_clip_longer_than_the_model_takes_is_an_error(adapter):
     too_long = torch.zeros(int(adapter.max_audio_seconds * adapter.sampling_rate) + 1)
     with pytest.raises(ModalflipError, match="longer than the model's"):
-        adapter.build_batch([too_long], _prompts(("happy",)))
+        adapter.build_batch([too_long], claim_prompts(("happy",)))
 
 
 def test_audio_flamingo3_spans_several_windows(built, clips):
     adapter = _tiny(built, "audioflamingo3")
     assert adapter.max_windows == 3 and adapter.max_audio_seconds == 6
-    batch = adapter.build_batch(clips, _prompts())
+    batch = adapter.build_batch(clips, claim_prompts())
     windows = [int(np.ceil(len(c) / 32000)) for c in clips]
     assert batch.inputs["input_features"].shape[0] == sum(windows) and windows[1] == 3
 
@@ -323,7 +316,7 @@ def test_load_model_round_trips_a_saved_checkpoint(adapter, clips, tmp_path):
     loaded = load_model(str(tmp_path), device="cpu", self_check=True)
     assert loaded.family is adapter.family and loaded.n_layers == N_LAYERS
     assert isinstance(loaded.processor, AudioChatProcessor) == (adapter.family is OMNI)
-    prompts = _prompts()
+    prompts = claim_prompts()
     with torch.no_grad():
         ours = adapter.model(**adapter.build_batch(clips, prompts).inputs, use_cache=False).logits
         theirs = loaded.model(**loaded.build_batch(clips, prompts).inputs, use_cache=False).logits

@@ -8,7 +8,6 @@ the probes' prompt search runs a trial and PGD runs steps; `run_probes.py --mode
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -28,13 +27,12 @@ from models.families import phi4_multimodal, qwen3_omni, voxtral
 from models.families.processor_shim import AudioChatProcessor
 from models.forward import lens, resume, resume_suffix, run_traced
 from models.loading import load_model
-from models.prompting import chat_prompt
 from probes.inputs import load_probe_set
 from prompts.search import SearchConfig
 from prompts.search import run as search
-from stimuli import spec, tts
+from stimuli import tts
 from stimuli.conditions import seed_items
-from conftest import ROOT
+from conftest import ROOT, claim_prompts, two_clips
 
 N_LAYERS = 3
 FAMILIES = ["qwen3_omni", "phi4_multimodal", "voxtral"]
@@ -149,20 +147,13 @@ def adapter(request, built) -> ModelAdapter:
 
 @pytest.fixture(scope="module")
 def clips() -> list[np.ndarray]:
-    """Two eSpeak clips of different length (about 1.5 s and 5.6 s)."""
-    return [tts.render("The train leaves at noon.", "en", "happy", "normal"),
-            tts.render("I did not expect to see you here today, not at all.", "en", "sad", "strong")]
-
-
-def _prompts(emotions=("happy", "sad")):
-    words = spec.label_words("en")
-    return [chat_prompt(spec.render_instruction("en", "assert", words[e]), "en", claim=words[e]) for e in emotions]
+    return two_clips()
 
 
 @pytest.fixture
 def batch_and_trace(adapter, clips):
     """The batch, its traced run, and the model's own logits (batch, pos, vocab) from a plain forward."""
-    batch = adapter.build_batch(clips, _prompts())
+    batch = adapter.build_batch(clips, claim_prompts())
     with torch.no_grad():
         trace = run_traced(adapter, batch)
         logits = adapter.model(**batch.inputs, use_cache=False).logits
@@ -191,11 +182,11 @@ def test_audio_tokens_per_second(built, clips):
     rates = {"qwen3_omni": 13, "phi4_multimodal": 12.5}
     for name, rate in rates.items():
         adapter = built.get(name) or built.setdefault(name, BUILDERS[name]())
-        batch = adapter.build_batch(clips, _prompts())
+        batch = adapter.build_batch(clips, claim_prompts())
         for spans, clip in zip(batch.spans, clips):
             assert abs((spans.audio.stop - spans.audio.start) - rate * len(clip) / 16000) <= 1.5
     adapter = built.get("voxtral") or built.setdefault("voxtral", BUILDERS["voxtral"]())
-    batch = adapter.build_batch(clips, _prompts())
+    batch = adapter.build_batch(clips, claim_prompts())
     assert [s.audio.stop - s.audio.start for s in batch.spans] == [75, 75]
 
 
@@ -225,7 +216,7 @@ def test_phi4_front_end_equals_its_extractor_clip_by_clip(built, clips):
         features, mask = phi4_multimodal.log_mel([torch.from_numpy(clip)], extractor, torch.device("cpu"), 10 ** 6)
         assert features.shape == expected.shape and (features - expected).abs().max() <= 1e-4 and bool(mask.all())
     with pytest.raises(ModalflipError, match="longer than the model's 30 s audio window"):
-        adapter.build_batch([np.zeros(30 * 16000 + 1, dtype=np.float32)], _prompts(("happy",)))
+        adapter.build_batch([np.zeros(30 * 16000 + 1, dtype=np.float32)], claim_prompts(("happy",)))
 
 
 def test_hooks_see_output_hidden_states(adapter, batch_and_trace):
@@ -270,7 +261,7 @@ def test_resume_from_a_prefix_and_from_embeddings_reproduce_logits(adapter, batc
 
 def test_waveform_gradient_reaches_through_the_model(adapter, clips):
     wave = torch.tensor(clips[0], requires_grad=True)
-    batch = adapter.build_batch([wave], _prompts(("happy",)))
+    batch = adapter.build_batch([wave], claim_prompts(("happy",)))
     logits = adapter.model(**batch.inputs, use_cache=False).logits
     logits[0, batch.spans[0].answer].logsumexp(-1).backward()
     assert torch.isfinite(wave.grad).all() and wave.grad.abs().sum() > 0
@@ -282,7 +273,7 @@ def test_load_model_round_trips_a_saved_checkpoint(adapter, clips, tmp_path):
     loaded = load_model(str(tmp_path), device="cpu", self_check=True)
     assert loaded.family is adapter.family and loaded.n_layers == N_LAYERS
     assert type(loaded.processor) is type(adapter.processor)
-    prompts = _prompts()
+    prompts = claim_prompts()
     with torch.no_grad():
         ours = adapter.model(**adapter.build_batch(clips, prompts).inputs, use_cache=False).logits
         theirs = loaded.model(**loaded.build_batch(clips, prompts).inputs, use_cache=False).logits

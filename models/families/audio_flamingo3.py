@@ -7,7 +7,7 @@ token of all its windows together. `models.frontend.log_mel(..., max_windows=...
 """
 from __future__ import annotations
 
-from models.families.base import FamilySpec, repeat_placeholder, whisper_pooled_tokens
+from models.families.base import FamilySpec, LANGUAGE_MODEL_PATHS, repeat_placeholder, whisper_pooled_tokens
 
 
 def processor_windows(processor) -> int:
@@ -19,12 +19,7 @@ FAMILY = FamilySpec(
     name="Audio Flamingo 3",
     model_types=("audioflamingo3",),
     model_class="AudioFlamingo3ForConditionalGeneration",
-    paths={
-        "layers": "model.language_model.layers",
-        "norm": "model.language_model.norm",
-        "lm_head": "lm_head",
-        "embed": "model.language_model.embed_tokens",
-    },
+    paths=LANGUAGE_MODEL_PATHS,
     audio_token_attr="audio_token_id",
     features_key="input_features",
     feature_mask_key="input_features_mask",

@@ -17,6 +17,14 @@ def extractor_window(processor) -> int:
     return int(processor.feature_extractor.n_samples)
 
 
+LANGUAGE_MODEL_PATHS = {  # the audio-LLM classes that keep their decoder under `model.language_model`
+    "layers": "model.language_model.layers",
+    "norm": "model.language_model.norm",
+    "lm_head": "lm_head",
+    "embed": "model.language_model.embed_tokens",
+}
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """A family adapter: data first, a couple of functions where the families really differ."""

@@ -16,7 +16,6 @@ bins, and a Phi-4-mini LM whose decoder sits directly at `model.layers` (no `lan
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np

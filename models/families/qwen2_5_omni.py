@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from models.families.base import FamilySpec, repeat_placeholder, whisper_pooled_tokens
+from models.families.base import FamilySpec, LANGUAGE_MODEL_PATHS, repeat_placeholder, whisper_pooled_tokens
 
 
 def mrope_positions(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
@@ -26,12 +26,7 @@ FAMILY = FamilySpec(
     name="Qwen2.5-Omni (thinker)",
     model_types=("qwen2_5_omni", "qwen2_5_omni_thinker"),
     model_class="Qwen2_5OmniThinkerForConditionalGeneration",
-    paths={
-        "layers": "model.language_model.layers",
-        "norm": "model.language_model.norm",
-        "lm_head": "lm_head",
-        "embed": "model.language_model.embed_tokens",
-    },
+    paths=LANGUAGE_MODEL_PATHS,
     audio_token_attr="audio_token_id",
     features_key="input_features",
     feature_mask_key="feature_attention_mask",

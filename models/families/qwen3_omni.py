@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from models.families.base import FamilySpec, repeat_placeholder
+from models.families.base import FamilySpec, LANGUAGE_MODEL_PATHS, repeat_placeholder
 from models.families.qwen2_5_omni import mrope_positions
 
 FRAMES_PER_CHUNK = 100  # mel frames the encoder convolves at a time (2 * n_window, n_window = 50)
@@ -35,12 +35,7 @@ FAMILY = FamilySpec(
     name="Qwen3-Omni (thinker)",
     model_types=("qwen3_omni_moe", "qwen3_omni_moe_thinker"),
     model_class="Qwen3OmniMoeThinkerForConditionalGeneration",
-    paths={
-        "layers": "model.language_model.layers",
-        "norm": "model.language_model.norm",
-        "lm_head": "lm_head",
-        "embed": "model.language_model.embed_tokens",
-    },
+    paths=LANGUAGE_MODEL_PATHS,
     audio_token_attr="audio_token_id",
     features_key="input_features",
     feature_mask_key="feature_attention_mask",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from models.families.base import FamilySpec, repeat_placeholder
+from models.families.base import FamilySpec, LANGUAGE_MODEL_PATHS, repeat_placeholder
 
 FRAMES_PER_TOKEN = 8  # conv stride 2, then 4 encoder frames per token (intermediate_size = 4 * d_model)
 
@@ -29,12 +29,7 @@ FAMILY = FamilySpec(
     name="Voxtral",
     model_types=("voxtral",),
     model_class="VoxtralForConditionalGeneration",
-    paths={
-        "layers": "model.language_model.layers",
-        "norm": "model.language_model.norm",
-        "lm_head": "lm_head",
-        "embed": "model.language_model.embed_tokens",
-    },
+    paths=LANGUAGE_MODEL_PATHS,
     audio_token_attr="audio_token_id",
     features_key="input_features",
     feature_mask_key=None,
