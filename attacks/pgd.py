@@ -118,7 +118,7 @@ class PGDResult:
     far) and step_size (mean over groups; apgd's η). hits: group → rows answering the target at its best δ (0
     under early exit). steps: steps done in all, resumed_from: steps found in the
     checkpoint (0 = fresh). queries: prompt-clip forward passes (rows, EOT copies included). seconds: wall time of
-    the optimisation, over all sessions."""
+    the optimisation, summed over every run that resumed it."""
 
     deltas: dict[str, torch.Tensor]
     budget: Budget

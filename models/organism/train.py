@@ -43,7 +43,8 @@ from models.adapter import ModelAdapter
 from models.families.qwen2_audio import FAMILY
 from models.forward import lens, resume, run_traced
 from models.loading import resolve_device
-from models.organism import build, card, intensity
+from models.organism import build, card
+from models.organism import intensity as intensity_rule
 from models.prompting import chat_prompt, claim_word
 from stimuli import spec, tts
 
@@ -485,16 +486,16 @@ def voice_table(by_voice: dict) -> Table:
 
 
 def decide_voice_wins(train_clips: list[Clip], heldout_clips: list[Clip], progress: Progress
-                      ) -> intensity.IntensityRule:
+                      ) -> intensity_rule.IntensityRule:
     """Fit the intensity rule on the training clips and mark, on every clip, whether the voice wins its conflict
     items (`Clip.voice_wins`); returns the rule (the report keeps it)."""
     clips = train_clips + heldout_clips
     task = progress.add_task("measuring prosody", total=len(clips), loss=float("nan"))
     measured = []
     for clip in clips:
-        measured.append(intensity.prosody(clip.wave))
+        measured.append(intensity_rule.prosody(clip.wave))
         progress.advance(task)
-    rule = intensity.fit([(c.lang, c.emotion, c.intensity, m)
+    rule = intensity_rule.fit([(c.lang, c.emotion, c.intensity, m)
                           for c, m in zip(train_clips, measured[:len(train_clips)])])
     for clip, m in zip(clips, measured):
         clip.voice_wins = rule.voice_wins(clip.lang, clip.emotion, clip.intensity, m)
