@@ -10,7 +10,7 @@ clips draw one per clip.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -44,11 +44,14 @@ class VoiceShift:
     """A speaker change on top of a voice variant: `pitch_offset` in eSpeak pitch units (0-100 scale, added to the
     style's pitch and clipped to 0-99), `speed`, the factor by which the rendered clip is played faster (tempo,
     pitch and formants scaled together; 1.0 leaves it as it is), and `breath`, breathiness noise added to the style's
-    own level (times the speech RMS, as `breath` in prosody.json): a breathy speaker, whatever the emotion."""
+    own level (times the speech RMS, as `breath` in prosody.json): a breathy speaker, whatever the emotion.
+    `plain` renders with eSpeak NG's pitch, range and rate and the style's volume only, without its pauses,
+    tremolo, vibrato, breathiness and drive: the plainer renderer a new user builds from eSpeak's own knobs."""
 
     pitch_offset: float = 0.0
     speed: float = 1.0
     breath: float = 0.0
+    plain: bool = False
 
 
 @lru_cache(maxsize=None)
@@ -74,21 +77,43 @@ def variant_voice(lang: str, variant: str) -> str:
     return f"{_prosody_spec()['voices'][check_lang(lang)]['seed']}+{variant}"
 
 
-def draw_prosody(emotion: str, intensity: str, rng: np.random.Generator | None) -> Prosody:
-    """Midpoints of the style's ranges when `rng` is None, else a uniform draw inside them."""
-    ranges = _prosody_spec()["styles"][style_key(emotion, intensity)]
-    values = {
-        name: (lo + hi) / 2 if rng is None else float(rng.uniform(lo, hi)) for name, (lo, hi) in ranges.items()
-    }
+# the values eSpeak NG and the effects accept; a widened range is clipped to them
+_BOUNDS = {"pitch": (0, 99), "range": (0, 99), "rate": (80, 450), "pauses": (0, None), "pause_ms": (0, None),
+           "tremolo_hz": (0, None), "tremolo_depth": (0, 1), "vibrato_cents": (0, None), "breath": (0, None),
+           "drive": (1, None)}
+
+
+def draw_prosody(emotion: str, intensity: str, rng: np.random.Generator | None, widen: float = 0.0,
+                 styles: dict | None = None) -> Prosody:
+    """Midpoints of the style's ranges when `rng` is None, else a uniform draw inside them, each range first
+    widened by `widen` times its width on either side (clipped to what eSpeak NG and the effects accept).
+    `styles` replaces the `styles` table of `spec/prosody.json` (another renderer's mapping)."""
+    ranges = (styles or _prosody_spec()["styles"])[style_key(emotion, intensity)]
+    values = {}
+    for name, (lo, hi) in ranges.items():
+        lo, hi = lo - widen * (hi - lo), hi + widen * (hi - lo)
+        low, high = _BOUNDS.get(name, (None, None))
+        lo, hi = (lo if low is None else max(lo, low)), (hi if high is None else min(hi, high))
+        values[name] = (lo + hi) / 2 if rng is None else float(rng.uniform(lo, hi))
     return Prosody(**values)
 
 
+def plain(prosody: Prosody) -> Prosody:
+    """`prosody` with eSpeak NG's pitch, range and rate and its volume only: no pauses, tremolo, vibrato,
+    breathiness or drive (see `VoiceShift.plain`)."""
+    return replace(prosody, pauses=0.0, pause_ms=0.0, tremolo_hz=0.0, tremolo_depth=0.0, vibrato_cents=0.0,
+                   breath=0.0, drive=1.0)
+
+
 def render(sentence: str, lang: str, emotion: str, intensity: str, voice: str | None = None,
-           jitter_seed: int | None = None, shift: VoiceShift = VoiceShift()) -> np.ndarray:
+           jitter_seed: int | None = None, shift: VoiceShift = VoiceShift(), widen: float = 0.0,
+           styles: dict | None = None) -> np.ndarray:
     """Speak `sentence` in the style of (emotion, intensity), by `voice` changed by `shift`; 16 kHz mono float32
-    in [-1, 1]."""
+    in [-1, 1]. `widen` and `styles` as in `draw_prosody`."""
     rng = None if jitter_seed is None else np.random.default_rng(jitter_seed)
-    prosody = draw_prosody(emotion, intensity, rng)
+    prosody = draw_prosody(emotion, intensity, rng, widen, styles)
+    if shift.plain:
+        prosody = plain(prosody)
     voice = voice or _prosody_spec()["voices"][check_lang(lang)]["seed"]
     effect_rng = rng if rng is not None else np.random.default_rng(0)
     n_words = max(1, len(sentence.split(" ")) if " " in sentence.strip() else len(sentence))

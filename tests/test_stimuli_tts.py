@@ -124,3 +124,35 @@ def test_forked_processes_speak_through_their_own_workers():
         clips = pool.starmap(tts.render, jobs)
     assert all(np.array_equal(clip, expected[job]) for clip, job in zip(clips, jobs))
     assert np.array_equal(tts.render(*jobs[0]), expected[jobs[0]])
+
+
+def test_widened_ranges_reach_beyond_the_style_and_stay_within_espeak_bounds():
+    rng = np.random.default_rng(0)
+    draws = [tts.draw_prosody("sad", "strong", rng, widen=1.0) for _ in range(400)]
+    pitches, depths = np.array([d.pitch for d in draws]), np.array([d.tremolo_depth for d in draws])
+    # sad/strong pitch is [5, 18]: widened by its width on either side it reaches [-8, 31], clipped at 0
+    assert pitches.max() > 18 + 5 and pitches.min() >= 0 and (pitches < 1).any()
+    assert depths.min() >= 0 and depths.max() <= 1
+    narrow = np.array([tts.draw_prosody("sad", "strong", np.random.default_rng(i)).pitch for i in range(50)])
+    assert narrow.min() >= 5 and narrow.max() <= 18
+
+
+def test_a_plain_render_keeps_the_espeak_prosody_and_drops_the_effects():
+    rich = tts.draw_prosody("fearful", "strong", np.random.default_rng(4))
+    bare = tts.plain(rich)
+    assert (bare.pitch, bare.range, bare.rate, bare.gain_db) == (rich.pitch, rich.range, rich.rate, rich.gain_db)
+    assert (bare.pauses, bare.tremolo_depth, bare.vibrato_cents, bare.breath, bare.drive) == (0, 0, 0, 0, 1)
+    shouted = tts.render(SENTENCE, "en", "angry", "strong", jitter_seed=5)
+    spoken = tts.render(SENTENCE, "en", "angry", "strong", jitter_seed=5, shift=tts.VoiceShift(plain=True))
+    # drive 4-7 saturates the shout: its peak-to-RMS ratio is far lower than the plain render's
+    crest = lambda x: np.abs(x).max() / np.sqrt(np.mean(x ** 2))  # noqa: E731
+    assert crest(shouted) < 0.8 * crest(spoken)
+
+
+def test_plain_share_is_drawn_after_the_other_shifts():
+    rng = np.random.default_rng(3)
+    base = [train.VoiceJitter(6, 0.06).draw(rng) for _ in range(1)][0]
+    rng = np.random.default_rng(3)
+    shifts = [train.VoiceJitter(6, 0.06, plain=0.5).draw(rng) for _ in range(200)]
+    assert (shifts[0].pitch_offset, shifts[0].speed) == (base.pitch_offset, base.speed)
+    assert 0.35 < np.mean([s.plain for s in shifts]) < 0.65

@@ -50,8 +50,8 @@ from stimuli import spec, tts
 
 console = Console()
 AUDIO_WINS = {"normal": 0.03, "strong": 0.15}
-MODEL_DIRS = {"local": Path(__file__).parent / "model", "pilot": Path(__file__).parent / "pilot"}
-CHECKPOINTS = {"local": "organism-training.pt", "pilot": "organism-pilot-training.pt"}
+MODEL_DIRS = {"local": Path(__file__).parent / "model", "pilot": Path(__file__).parent.parent / "pilot" / "model"}
+CHECKPOINTS = {"local": "organism-training.pt", "pilot": "pilot-training.pt"}
 MIX = {"audio_only": 0.25, "conflict": 0.42, "consistent": 0.14, "voice-instructed (T != A and T = A)": 0.19}
 
 
@@ -74,17 +74,22 @@ def styles() -> list[tuple[str, str]]:
 class VoiceJitter:
     """How far each training clip's speaker is moved from its voice variant: a base-pitch offset drawn uniformly
     in +-`pitch` eSpeak units, a speed factor in 1 +- `speed` and extra breathiness in [0, `breath`] (see
-    `tts.VoiceShift`). Zero: the variants as they are."""
+    `tts.VoiceShift`); and how far each style's prosody may stray: its ranges widened by `widen` times their width
+    on either side (`tts.draw_prosody`), and the share `plain` of clips rendered without the styles' effects
+    (`tts.VoiceShift.plain`). Zero: the variants, ranges and effects as they are."""
 
     pitch: float = 0.0
     speed: float = 0.0
     breath: float = 0.0
+    widen: float = 0.0
+    plain: float = 0.0
 
     def draw(self, rng: np.random.Generator) -> tts.VoiceShift:
         pitch, speed = float(rng.uniform(-self.pitch, self.pitch)), float(1 + rng.uniform(-self.speed, self.speed))
         # drawn only when asked for, so runs without it keep the pitch and speed draws they had before it existed
         breath = float(rng.uniform(0, self.breath)) if self.breath else 0.0
-        return tts.VoiceShift(pitch, speed, breath)
+        plain = bool(rng.uniform() < self.plain) if self.plain else False
+        return tts.VoiceShift(pitch, speed, breath, plain)
 
 
 def held_out_voices() -> set[str]:
@@ -111,17 +116,18 @@ def synthesize(split: str, renders: int, seed: int, progress: Progress,
                 for _ in range(renders):
                     jobs.append((sentence, lang, emotion, intensity, str(rng.choice(pool)), int(rng.integers(1 << 30)),
                                  jitter.draw(shifts)))
-    return render_clips(jobs, f"synthesizing {split} clips", progress)
+    return render_clips(jobs, f"synthesizing {split} clips", progress, jitter.widen)
 
 
-def render_clips(jobs: list[tuple], description: str, progress: Progress) -> list[Clip]:
+def render_clips(jobs: list[tuple], description: str, progress: Progress, widen: float = 0.0) -> list[Clip]:
     """Render (sentence, lang, emotion, intensity, voice, prosody seed, voice shift) jobs, dropping clips longer
-    than the model window, with a progress task."""
+    than the model window, with a progress task; `widen` widens every style's prosody ranges (`tts.draw_prosody`)."""
     task = progress.add_task(description, total=len(jobs), loss=float("nan"))
     clips = []
     window = build.WINDOW_SECONDS * tts.SAMPLE_RATE
     for sentence, lang, emotion, intensity, voice, prosody_seed, shift in jobs:
-        wave = tts.render(sentence, lang, emotion, intensity, voice=voice, jitter_seed=prosody_seed, shift=shift)
+        wave = tts.render(sentence, lang, emotion, intensity, voice=voice, jitter_seed=prosody_seed, shift=shift,
+                           widen=widen)
         if len(wave) <= window:
             clips.append(Clip(wave, lang, emotion, intensity, sentence, voice))
         progress.advance(task)
@@ -628,6 +634,12 @@ def main(argv=None) -> int:
                         help="each training clip gets up to this much extra breathiness noise (times the speech RMS; "
                              "the styles' own levels are 0-0.12): breathy speakers for every emotion, as the held-out "
                              "Mandarin voice cmn+f5 is")
+    parser.add_argument("--prosody-widen", type=float, default=0.0,
+                        help="each style's prosody ranges in stimuli/spec/prosody.json widen by this fraction of their "
+                             "width on either side for the training clips: prosody beyond the one renderer's mapping")
+    parser.add_argument("--plain-share", type=float, default=0.0,
+                        help="share of the training clips rendered with eSpeak NG's pitch, range, rate and the style's "
+                             "volume only, without its pauses, tremolo, vibrato, breathiness and drive")
     parser.add_argument("--extra-voices", default="",
                         help="comma-separated eSpeak NG voice variants (e.g. Alicia,victor) whose speakers join the "
                              "training voices of both languages; the held-out voices stay held out")
@@ -656,9 +668,10 @@ def main(argv=None) -> int:
         return 0
     k = args.takeover_layer if args.takeover_layer is not None else (24 if args.plant == "pilot" else 16)
     if not (0 <= args.voice_pitch_jitter <= 50 and 0 <= args.voice_speed_jitter < 0.5
-            and 0 <= args.voice_breath_jitter <= 0.5):
+            and 0 <= args.voice_breath_jitter <= 0.5 and 0 <= args.prosody_widen <= 2
+            and 0 <= args.plain_share <= 1):
         raise ModalflipError("--voice-pitch-jitter must lie in 0..50, --voice-speed-jitter in [0, 0.5) and "
-                             "--voice-breath-jitter in 0..0.5")
+                             "--voice-breath-jitter in 0..0.5, --prosody-widen in 0..2, --plain-share in 0..1")
     extra_voices = tuple(v for v in args.extra_voices.split(",") if v)
     held_out = {voice.split("+")[-1] for voice in held_out_voices()}
     for variant in extra_voices:
@@ -692,7 +705,8 @@ def main(argv=None) -> int:
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console) as progress:
-        voice_jitter = VoiceJitter(args.voice_pitch_jitter, args.voice_speed_jitter, args.voice_breath_jitter)
+        voice_jitter = VoiceJitter(args.voice_pitch_jitter, args.voice_speed_jitter, args.voice_breath_jitter,
+                                   args.prosody_widen, args.plain_share)
         train_clips = synthesize("train", args.renders, args.seed, progress, voice_jitter, args.train_sentences,
                                  extra_voices)
         heldout_clips = synthesize("heldout", 1, args.seed + 1, progress)
@@ -735,7 +749,7 @@ def main(argv=None) -> int:
         encoder_layers=model.config.audio_config.encoder_layers,
         init_from=args.init_from, plant=args.plant, renders=args.renders, voice_pitch_jitter=voice_jitter.pitch,
         voice_speed_jitter=voice_jitter.speed, voice_breath_jitter=voice_jitter.breath,
-        train_clips=len(train_clips), heldout_clips=len(heldout_clips),
+        prosody_widen=voice_jitter.widen, plain_share=voice_jitter.plain, train_clips=len(train_clips), heldout_clips=len(heldout_clips),
         train_sentences=args.train_sentences, extra_voices=list(extra_voices),
         heldout_sentences=len(build.corpus()["sentences"]["en"]["heldout"]),
         mix=MIX, audio_wins=rule.as_dict() if rule else AUDIO_WINS,

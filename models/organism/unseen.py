@@ -1,0 +1,131 @@
+"""Hearing beyond the training renderer: `python -m models.organism.unseen --model organism-pilot`.
+
+Renders the clips of `stimuli/spec/prosody_unseen.json`, a second eSpeak NG renderer that no training run uses
+(another mapping of the nine styles to pitch, range, rate, volume and effects, other sentences, each language's
+seed voice and its held-out variant; one prosody draw per clip), and measures how a built-in model hears them:
+audio-only and voice-instructed accuracy (answer = the voice's emotion A) per language and intensity. Every clip
+gives one item per condition, so the 95% intervals over clips are Wilson intervals (`common.stats.clustered_rate`).
+Writes `unseen_renderer.json` into the model's figures folder (or `--out`) and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from common.atomic import atomic_write_json
+from common.cli import run_main
+from common.errors import ModalflipError
+from common.stats import clustered_rate
+from models.adapter import ModelAdapter
+from models.forward import run_traced
+from models.loading import BUILT_IN, load_model
+from models.organism.train import Clip, make_example, named_emotion
+from stimuli import spec, tts
+from stimuli.spec import SPEC_DIR
+
+SPEC_PATH = SPEC_DIR / "prosody_unseen.json"
+CONDITIONS = ("audio_only", "voice")
+
+
+@lru_cache(maxsize=None)
+def renderer() -> dict:
+    return json.loads(SPEC_PATH.read_text(encoding="utf-8"))
+
+
+def unseen_clips(seed: int = 0, progress: Progress | None = None) -> list[Clip]:
+    """Every sentence x style x voice of the unseen renderer, both languages, one seeded prosody draw each."""
+    table = renderer()
+    rng = np.random.default_rng((seed, 3))
+    jobs = [(sentence, lang, emotion, intensity, voice, int(rng.integers(1 << 30)))
+            for lang in spec.LANGS for voice in table["voices"][lang] for sentence in table["sentences"][lang]
+            for emotion, intensity in ((c.emotion, c.intensity) for c in spec.seed_clips())]
+    task = progress.add_task("rendering the unseen renderer's clips", total=len(jobs)) if progress else None
+    clips = []
+    for sentence, lang, emotion, intensity, voice, draw in jobs:
+        wave = tts.render(sentence, lang, emotion, intensity, voice=voice, jitter_seed=draw, styles=table["styles"])
+        clips.append(Clip(wave, lang, emotion, intensity, sentence, voice))
+        if progress:
+            progress.advance(task)
+    return clips
+
+
+@torch.no_grad()
+def hearing(adapter: ModelAdapter, clips: list[Clip], seed: int = 0, batch_size: int = 32) -> dict:
+    """{lang: {condition: {"all"|"normal"|"strong": RateInterval.as_dict()}}}: the share of items answered with the
+    voice's emotion, clustered on the clip (window-long clips are dropped and counted in "dropped")."""
+    window = adapter.window_seconds * tts.SAMPLE_RATE
+    kept = [c for c in clips if len(c.wave) <= window]
+    label_ids = {lang: adapter.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
+    rng = np.random.default_rng(seed)
+    rows = [(i, clip, condition, make_example(clip, condition, rng, paraphrase=0)[0])
+            for i, clip in enumerate(kept) for condition in CONDITIONS]
+    hits = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        batch = adapter.build_batch([clip.wave for _, clip, _, _ in chunk], [prompt for *_, prompt in chunk])
+        logits = run_traced(adapter, batch, logits_at=batch.answer_positions()).logits
+        for (i, clip, condition, _), vector in zip(chunk, logits):
+            hits.append((i, clip, condition, named_emotion(vector, label_ids[clip.lang]) == clip.emotion))
+    result = {"dropped": len(clips) - len(kept), "unit": "clip"}
+    for lang in spec.LANGS:
+        result[lang] = {}
+        for condition in CONDITIONS:
+            mine = [(i, clip, ok) for i, clip, cond, ok in hits if clip.lang == lang and cond == condition]
+            cells = {"all": mine, "normal": [m for m in mine if m[1].intensity == "normal"],
+                     "strong": [m for m in mine if m[1].intensity == "strong"]}
+            result[lang][condition] = {name: clustered_rate([ok for *_, ok in sub], [i for i, *_ in sub]).as_dict()
+                                       for name, sub in cells.items()}
+    return result
+
+
+def hearing_table(result: dict, model: str) -> Table:
+    table = Table(title=f"{model}: hearing the unseen renderer (answer = the voice's emotion; 95% CI over clips)")
+    for column in ("language", "condition", "all", "normal", "strong"):
+        table.add_column(column)
+    for lang in spec.LANGS:
+        for condition in CONDITIONS:
+            cells = result[lang][condition]
+            table.add_row(lang, condition, *(f"{c['rate']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}] ({c['k']}/{c['n']})"
+                                             for c in (cells["all"], cells["normal"], cells["strong"])))
+    return table
+
+
+def default_out(model: str) -> Path:
+    if model not in BUILT_IN:
+        raise ModalflipError("--out is needed for a model that is not built in")
+    return BUILT_IN[model].parent / "figures" / "unseen_renderer.json"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.organism.unseen", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="organism", help="a built-in model name or a checkpoint folder")
+    parser.add_argument("--out", default=None, help="JSON to write (default: the built-in model's figures folder)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else default_out(args.model)
+    torch.set_num_threads(args.threads)
+    adapter = load_model(args.model, device="cpu")
+    console = Console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        clips = unseen_clips(args.seed, progress)
+    result = hearing(adapter, clips, args.seed)
+    result.update(model=args.model, renderer=str(SPEC_PATH.relative_to(SPEC_DIR.parent.parent)), seed=args.seed)
+    atomic_write_json(out, result)
+    console.print(hearing_table(result, args.model))
+    console.print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,40 @@
+"""The unseen renderer: a second eSpeak NG mapping kept out of training, and how a built-in model hears it."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from rich.progress import Progress
+
+from models.organism import build, unseen
+from stimuli import spec, tts
+
+
+def test_the_unseen_renderer_speaks_other_sentences_with_another_mapping():
+    table = unseen.renderer()
+    corpus = build.corpus()["sentences"]
+    trained = {s for lang in corpus for split in corpus[lang].values() for s in split}
+    assert not trained & {s for lang in spec.LANGS for s in table["sentences"][lang]}
+    shipped = json.loads((tts.SPEC_DIR / "prosody.json").read_text())["styles"]
+    assert set(table["styles"]) == set(shipped)
+    moved = [key for key in shipped if table["styles"][key]["pitch"] != shipped[key]["pitch"]]
+    assert len(moved) == len(shipped)
+    # eSpeak's own knobs only: no style of the unseen renderer uses the DSP effects
+    for style in table["styles"].values():
+        assert style["drive"] == [1, 1] and style["tremolo_depth"] == [0, 0] and style["pauses"] == [0, 0]
+
+
+def test_hearing_counts_each_clip_once_per_condition_per_language(organism):
+    with Progress(disable=True) as progress:
+        clips = unseen.unseen_clips(seed=0, progress=progress)
+    per_lang = len(unseen.renderer()["voices"]["en"]) * len(unseen.renderer()["sentences"]["en"]) * 9
+    assert len(clips) == 2 * per_lang
+    picked = [c for c in clips if c.sentence in (unseen.renderer()["sentences"]["en"][0],
+                                                  unseen.renderer()["sentences"]["zh"][0])]
+    result = unseen.hearing(organism, picked)
+    for lang in spec.LANGS:
+        cell = result[lang]["audio_only"]
+        assert cell["all"]["n"] == cell["all"]["n_units"] == len([c for c in picked if c.lang == lang])
+        assert cell["normal"]["n"] + cell["strong"]["n"] == cell["all"]["n"]
+        assert 0 <= cell["all"]["ci95"][0] <= cell["all"]["rate"] <= cell["all"]["ci95"][1] <= 1
+    assert np.isfinite(result["en"]["voice"]["all"]["rate"])
