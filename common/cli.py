@@ -24,7 +24,7 @@ def runner_parser(prog: str, description: str) -> argparse.ArgumentParser:
     )
     shared = parser.add_argument_group("shared runner options")
     shared.add_argument("--model", default="organism",
-                        help="'organism' (built in), a local checkpoint folder or a hub id already in the local cache")
+                        help="'organism' or 'organism-pilot' (built in, see the README), a local checkpoint folder or a hub id already in the local cache")
     shared.add_argument("--lang", default="both", choices=LANG_CHOICES, help="stimulus language(s)")
     shared.add_argument("--out", default=None,
                         help="output folder (default: a new folder under --runs-dir named after the run)")

@@ -21,6 +21,11 @@ from models.families.processor_shim import load_audio_chat_processor
 from models.registry import FAMILIES, UNSUPPORTED
 
 ORGANISM_DIR = Path(__file__).parent / "organism" / "model"
+PILOT_DIR = Path(__file__).parent / "pilot" / "model"
+# the built-in models, by the name every runner's --model takes, with the command that rebuilds each
+BUILT_IN = {"organism": ORGANISM_DIR, "organism-pilot": PILOT_DIR}
+REBUILD = {"organism": "python -m models.organism.train",
+           "organism-pilot": "python -m models.organism.train --plant pilot --init-from models/organism/model"}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -48,10 +53,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def load_model(name_or_path: str = "organism", device: str = "auto", dtype: str = "auto",
                trust_remote_code: bool = False, self_check: bool = True) -> ModelAdapter:
     """Load a model and wrap it in its family's adapter (see module docstring)."""
-    source = str(ORGANISM_DIR) if name_or_path == "organism" else str(name_or_path)
-    if name_or_path == "organism" and not (ORGANISM_DIR / "config.json").exists():
-        raise ModalflipError("the organism's weights are missing from models/organism/model; "
-                             "rebuild them with: python -m models.organism.train")
+    built_in = name_or_path in BUILT_IN
+    source = str(BUILT_IN[name_or_path]) if built_in else str(name_or_path)
+    if built_in and not (Path(source) / "config.json").exists():
+        raise ModalflipError(f"the weights of the built-in {name_or_path!r} are missing from "
+                             f"{Path(source).relative_to(Path(__file__).parent.parent)}; rebuild them with: "
+                             f"{REBUILD[name_or_path]}")
     if _looks_like_path(source):
         source = str(Path(source).expanduser())
         if not Path(source).exists():
@@ -73,7 +80,7 @@ def load_model(name_or_path: str = "organism", device: str = "auto", dtype: str 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     model_class = getattr(transformers, family.model_class)
-    with _quiet_loading(name_or_path == "organism"):
+    with _quiet_loading(built_in):
         model = model_class.from_pretrained(source, dtype=torch_dtype, use_safetensors=True,
                                             trust_remote_code=trust_remote_code).to(torch_device).eval()
     processor = load_processor(source, family, model.config, trust_remote_code)
@@ -85,7 +92,7 @@ def load_model(name_or_path: str = "organism", device: str = "auto", dtype: str 
 
 @contextmanager
 def _quiet_loading(quiet: bool):
-    """Hide transformers' "Loading weights" bar for the organism (it loads in a blink, and the bar would sit above
+    """Hide transformers' "Loading weights" bar for the built-in models (they load in a blink, and the bar would sit above
     every command's own progress); real checkpoints keep it."""
     bars = transformers.utils.logging
     was_enabled = bars.is_progress_bar_enabled()

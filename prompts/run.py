@@ -27,7 +27,7 @@ from common.backoff import with_oom_backoff
 from common.cli import languages, parse_layer_range, runner_parser
 from common.errors import ModalflipError
 from eval.records import load_records, make_record, write_record
-from models.loading import load_model, model_hash
+from models.loading import BUILT_IN, load_model, model_hash
 from probes.inputs import load_probe_set
 from prompts.grammar import describe, load_grammar
 from prompts.objective import CACHES, OBJECTIVES
@@ -76,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def default_study_name(args: argparse.Namespace, layers: tuple[int, int]) -> str:
-    model = "organism" if args.model == "organism" else Path(args.model.rstrip("/")).name
+    model = args.model if args.model in BUILT_IN else Path(args.model.rstrip("/")).name
     name = f"{model}-{args.objective}-{args.lang}-L{layers[0]}-{layers[1]}" + ("-nsga2" if args.nsga2 else "")
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
 

@@ -1,0 +1,1 @@
+"""The pilot organism: a second built-in Qwen2AudioForConditionalGeneration whose voice is heard early at the answer position and overruled late (trained by `python -m models.organism.train --plant pilot`)."""
