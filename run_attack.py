@@ -1,9 +1,10 @@
 """`python run_attack.py --target-layer 15`: adversarial audio whose emotion survives the middle layers.
 
 PGD on the waveform inside an L∞ (and optional SNR) budget, pushing the residual stream of the audio span and the
-answer position toward the voice's emotion over layers --from-layer..--target-layer; see attacks/pgd.py for the
-objective and optimisers and attacks/experiment.py for the output folder. Several budgets (--epsilon
-0.001,0.002,0.004) run as one sweep. Rerun the same command with the same --out to resume.
+answer position toward the voice's emotion over layers --from-layer..--target-layer (or the window that
+--window-from reads off the model's probes, attacks/window.py); see attacks/pgd.py for the objective and optimisers
+and attacks/experiment.py for the output folder. Several budgets (--epsilon 0.001,0.002,0.004) run as one sweep.
+Rerun the same command with the same --out to resume.
 """
 from __future__ import annotations
 
@@ -24,10 +25,16 @@ DEFAULTS = PGDConfig()
 def build_parser() -> argparse.ArgumentParser:
     parser = runner_parser("run_attack.py", __doc__.splitlines()[0].split(": ", 1)[1])
     attack = parser.add_argument_group("attack options")
-    attack.add_argument("--target-layer", type=int, default=DEFAULTS.target_layer,
-                        help="last residual layer of the persistence window (0 = embeddings)")
-    attack.add_argument("--from-layer", type=int, default=DEFAULTS.from_layer,
-                        help="first residual layer of the persistence window")
+    attack.add_argument("--target-layer", type=int, default=None,
+                        help=f"last residual layer of the persistence window (0 = embeddings; None: "
+                             f"{DEFAULTS.target_layer})")
+    attack.add_argument("--from-layer", type=int, default=None,
+                        help=f"first residual layer of the persistence window (None: {DEFAULTS.from_layer})")
+    attack.add_argument("--window-from", default=None, metavar="PROBES",
+                        help="set the window from the probes of the attacked model (a run_probes.py folder or its "
+                             "summary.json): from the first layer where its audio-only logit lens reads the voice "
+                             "(95%% interval below 0) to the conflict critical layer; with --lang both, the layers "
+                             "where that holds in every language")
     attack.add_argument("--epsilon", default=str(DEFAULTS.epsilon),
                         help="L∞ budget on the waveform perturbation, full scale 1.0; a comma-separated list "
                              "(0.001,0.002,0.004) runs a sweep, one folder and record per budget")

@@ -4,7 +4,8 @@ Output folder (`--out`, default `<runs-dir>/attack-<timestamp>`), for one budget
     clean/<lang>/<clip>.wav, adv/<lang>/<clip>.wav   the clean clips and their adversarial versions (16-bit)
     checkpoint.pt                                    the attack's state every --checkpoint-every steps; rerun with
                                                      the same --out to resume
-    metrics.json                                     budget, perceptual size, flips, persistence, per-item answers
+    metrics.json                                     budget, persistence window and how it was chosen, perceptual
+                                                     size, flips, persistence, per-item answers
     curve.json, curve.png                            loss and flip rate per step (current and best iterate)
     persistence.png                                  clean vs adversarial per layer, the attack window shaded
 and one leaderboard record per language under `<runs-dir>/records/`. With several budgets (`--epsilon
@@ -16,6 +17,10 @@ raised before a folder is created.
 `--transfer-from RUN_DIR` evaluates the adversarial clips another run wrote (one budget's folder, made on any
 model) on this `--model`, without optimising: the same files less the curve and checkpoint, method
 "<source method>-transfer", the source run named in metrics.json and the record's settings.
+
+The persistence window is `--from-layer`..`--target-layer`, or with `--window-from PROBES` the one the probes of
+the attacked model give (`attacks.window`); metrics.json and each record's settings hold it as
+{"from", "to", "rule", "probes"} (rule "options" or "probes"; a transfer keeps the source run's).
 
 Flips. An item's target is the voice's emotion A (or `--target-emotion`). "before"/"after" count the conflict items
 whose answer (the label word with the highest final logit) is the target, clean and attacked; "text_dominant"
@@ -48,6 +53,7 @@ from attacks import directions as direction_cache
 from attacks import pgd, report
 from attacks.budget import perceptual
 from attacks.persistence import delta_logit, read, summarize
+from attacks.window import Window, from_probes
 from common import cli
 from common.atomic import atomic_write_bytes, atomic_write_json
 from common.backoff import with_oom_backoff
@@ -84,14 +90,30 @@ def numbers(text: str | None, option: str) -> list[float | None]:
     return list(dict.fromkeys(values))
 
 
-def configs_from_args(args: argparse.Namespace) -> list[pgd.PGDConfig]:
-    """The attack settings named on the command line (the rest keep `PGDConfig`'s defaults), one per budget of
-    the sweep (every --epsilon with every --snr-db)."""
+def attack_window(args: argparse.Namespace) -> Window:
+    """The persistence window: `--window-from` the probes of the attacked model (`attacks.window.from_probes`), or
+    `--from-layer`/`--target-layer` (unset: `PGDConfig`'s); a `ModalflipError` when both are given, or
+    `--window-from` with `--transfer-from` (whose window is the source run's)."""
+    if args.window_from is None:
+        defaults = pgd.PGDConfig()
+        return Window(defaults.from_layer if args.from_layer is None else args.from_layer,
+                      defaults.target_layer if args.target_layer is None else args.target_layer)
+    given = [option for option, value in (("--from-layer", args.from_layer), ("--target-layer", args.target_layer),
+                                          ("--transfer-from", args.transfer_from)) if value is not None]
+    if given:
+        raise ModalflipError(f"--window-from sets the persistence window, so it cannot go with {' and '.join(given)}; "
+                             "drop one")
+    return from_probes(args.window_from, cli.languages(args.lang))
+
+
+def configs_from_args(args: argparse.Namespace, window: Window) -> list[pgd.PGDConfig]:
+    """The attack settings named on the command line (the rest keep `PGDConfig`'s defaults) over the persistence
+    `window`, one per budget of the sweep (every --epsilon with every --snr-db)."""
     target = spec.check_emotion(args.target_emotion) if args.target_emotion else None
     base = pgd.PGDConfig(
         steps=args.steps, optimizer=args.optimizer, step_size=args.step_size, schedule=args.schedule,
-        restarts=args.restarts, loss=args.loss, kappa=args.kappa, from_layer=args.from_layer,
-        target_layer=args.target_layer, final_weight=args.final_weight, target_emotion=target,
+        restarts=args.restarts, loss=args.loss, kappa=args.kappa, from_layer=window.first,
+        target_layer=window.last, final_weight=args.final_weight, target_emotion=target,
         universal=args.universal, eot=args.eot, checkpoint_every=args.checkpoint_every, seed=args.seed,
         persistence_weight=args.persistence_weight, lens_weight=args.lens_weight,
         prompts_per_clip=args.prompts_per_clip, batch_rows=args.batch_rows)
@@ -162,7 +184,7 @@ def transfer_source(run_dir: str | None, batch_rows: int) -> tuple[pgd.PGDConfig
     except (OSError, ValueError, KeyError, TypeError):
         raise ModalflipError(f"--transfer-from {run_dir} holds no attack's metrics.json; give the folder of a "
                              "finished run_attack.py run") from None
-    note = {"run": str(folder), "model": source["model"], "method": source["method"]}
+    note = {"run": str(folder), "model": source["model"], "method": source["method"], "window": source.get("window")}
     return dataclasses.replace(config, batch_rows=batch_rows), note
 
 
@@ -244,13 +266,19 @@ def run_attack(args: argparse.Namespace, recorder: Recorder) -> int:
     """The whole `run_attack.py` run, every budget of the sweep; returns the exit status. `recorder` writes the
     leaderboard records (it comes from the runner: attacks sit below eval and do not import it)."""
     console = Console()
+    window = attack_window(args)
     source_config, transfer = transfer_source(args.transfer_from, args.batch_rows)
-    configs = [source_config] if transfer else configs_from_args(args)
+    if transfer:  # the source run's window, as it was chosen there
+        chosen = transfer["window"] or {}
+        window = Window(source_config.from_layer, source_config.target_layer, chosen.get("rule", "options"),
+                        chosen.get("probes"))
+    configs = [source_config] if transfer else configs_from_args(args, window)
     template, searched = prompt_source(args.prompt_from)
     langs = cli.languages(args.lang)
     all_items = with_template(stimulus_items(args, langs), template)
     attacked = select_items(all_items, args.clips, configs[0].target_emotion)
     adapter = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+    window.check_model(model_hash(adapter))
     for config in configs:
         pgd.check_config(adapter, config)
     if configs[0].universal:
@@ -265,10 +293,10 @@ def run_attack(args: argparse.Namespace, recorder: Recorder) -> int:
     setup = Setup(adapter=adapter, args=args, inputs=probe_inputs(adapter, attacked, searched), attacked=attacked,
                   train_items=train_items, eval_items=eval_items, split=split, directions=directions,
                   direction_clips=sorted({item.clip_id for item in clean_only}), searched=searched,
-                  template=template, transfer=transfer)
+                  template=template, transfer=transfer, window=window)
     out = cli.out_dir(args, "attack")
     console.print(f"[bold]attack[/bold] {adapter.model_id} ({adapter.n_layers} layers) on {len(train_items)} "
-                  f"prompts of {len(train_clips)} clips; window {configs[0].from_layer}..{configs[0].target_layer}; "
+                  f"prompts of {len(train_clips)} clips; {window.text()}; "
                   f"{configs[0].optimizer}, {configs[0].steps} steps × {configs[0].restarts} restart(s); "
                   f"{len(configs)} budget(s); emotion directions {'from the cache' if cached else 'computed'} "
                   f"({directions.key}); out {out}")
@@ -306,6 +334,7 @@ class Setup:
     direction_clips: list[str]
     searched: dict | None
     template: str | None
+    window: Window  # the persistence window and how it was chosen
     transfer: dict | None = None  # `transfer_source`'s note when the δs come from another run
 
 
@@ -476,6 +505,7 @@ def _metrics(setup: Setup, config: pgd.PGDConfig, clean_read, adv_read, persiste
         "lang": args.lang,
         "clips": args.clips,
         "settings": asdict(config),
+        "window": setup.window.as_dict(),
         "budget": {"linf": config.epsilon, "snr_db": config.snr_db},
         "perceptual": {
             "summary": {
@@ -532,7 +562,7 @@ def _records(setup: Setup, config: pgd.PGDConfig, metrics: dict, out: Path, reco
         shift = {span: float(np.mean([row[f"delta_logit_{span}"]["adversarial"] - row[f"delta_logit_{span}"]["clean"]
                                       for row in rows])) for span in ("last", "window")}
         settings = {**metrics["settings"], "lang": args.lang, "clips": args.clips, "stimuli": metrics["stimuli"],
-                    "prompt": metrics["prompt"], "transfer_from": metrics["transfer_from"]}
+                    "prompt": metrics["prompt"], "transfer_from": metrics["transfer_from"], "window": metrics["window"]}
         paths.append(recorder(
             method=method, settings=settings, model_id=adapter.model_id, model_hash=metrics["model"]["hash"],
             stimulus_hash=metrics["stimulus_hash"], lang=lang, budget=config.budget.as_record(), seed=config.seed,
