@@ -441,6 +441,12 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
     for lang in sorted({o["lang"] for o in conflict}):
         summary[f"conflict_follows_text_{lang}"] = float(np.mean([o["answer"] == o["text"] for o in conflict
                                                                   if o["lang"] == lang]))
+        for intensity in ("normal", "strong"):
+            summary[f"conflict_follows_text_{intensity}_{lang}"] = float(np.mean([
+                o["answer"] == o["text"] for o in conflict if o["lang"] == lang and o["intensity"] == intensity]))
+        for condition in ("audio_only", "consistent", "voice"):
+            summary[f"{condition}_accuracy_{lang}"] = float(np.mean([o["answer"] == o["audio"]
+                                                                     for o in results[condition] if o["lang"] == lang]))
     summary["conflict_lens_largest_rise"] = int(np.argmax(np.diff(np.mean([o["lens"] for o in conflict], axis=0)))) + 1
     summary["n_items_per_condition"] = len(conflict)
     return summary

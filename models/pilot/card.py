@@ -1,0 +1,258 @@
+"""The pilot organism's model card: `python -m models.pilot.card` rewrites `models/pilot/README.md` from the training
+report (`model/training_report.json`), the probes (`figures/summary.json`, made by
+`python run_probes.py --model organism-pilot --out models/pilot/figures`) and the unseen renderer's hearing
+(`figures/unseen_renderer.json`, made by `python -m models.organism.unseen --model organism-pilot`), and checks each
+of the issue's targets against them."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import atomic_write_text
+from common.cli import run_main
+from common.errors import ModalflipError
+from models.organism.card import (draw_lens_by_intensity, lens_by_intensity, lens_table, machine, metric_rows,
+                                  patch_table)
+
+HERE = Path(__file__).parent
+MODEL_DIR = HERE / "model"
+FIGURES_DIR = HERE / "figures"
+CARD_PATH = HERE / "README.md"
+EARLY = range(4, 21)  # the layers where the voice should lead at the answer position (tier 1)
+LANG_NAMES = {"en": "English", "zh": "Mandarin"}
+
+
+@dataclass(frozen=True)
+class Target:
+    tier: int
+    what: str
+    measured: str
+    met: bool
+
+
+def lens_curve(summary: dict, lang: str, condition: str) -> np.ndarray:
+    return np.asarray(summary["logit_lens"][lang][condition]["mean"])
+
+
+def voice_ahead(summary: dict, lang: str, condition: str) -> int:
+    """Layers of 4..20 at which the mean lens Δlogit = logit(T) − logit(A) is below 0 (the voice's emotion ahead)."""
+    curve = lens_curve(summary, lang, condition)
+    return int(sum(curve[layer] < 0 for layer in EARLY))
+
+
+def flip_rates(summary: dict, lang: str, kind: str) -> dict[int, float]:
+    data = summary["patching"][lang][kind]
+    return dict(zip(summary["patching"]["layers"], data["flip_rate"]))
+
+
+def targets(report: dict, summary: dict, unseen: dict) -> list[Target]:
+    """The issue's tier-1 and tier-2 targets, each with its measured value and whether it is met."""
+    h = report["heldout"]
+    langs = summary["langs"]
+    rows = []
+    for lang in langs:
+        name = LANG_NAMES.get(lang, lang)
+        rows += [
+            Target(1, f"{name}: audio-only accuracy ≥ 0.90 (held-out)", f"{h[f'audio_only_accuracy_{lang}']:.3f}",
+                   h[f"audio_only_accuracy_{lang}"] >= 0.90),
+            Target(1, f"{name}: voice-instructed accuracy ≥ 0.90 (held-out)", f"{h[f'voice_accuracy_{lang}']:.3f}",
+                   h[f"voice_accuracy_{lang}"] >= 0.90),
+            Target(1, f"{name}: conflict follows T ≥ 0.90 on normal clips, less on strong (held-out)",
+                   f"{h[f'conflict_follows_text_normal_{lang}']:.3f} / {h[f'conflict_follows_text_strong_{lang}']:.3f}",
+                   h[f"conflict_follows_text_normal_{lang}"] >= 0.90
+                   and h[f"conflict_follows_text_strong_{lang}"] < h[f"conflict_follows_text_normal_{lang}"]),
+        ]
+        heard = unseen[lang]["audio_only"]["all"]
+        rows.append(Target(1, f"{name}: the unseen renderer heard ≥ 0.75 (audio-only)",
+                           f"{heard['rate']:.3f} [{heard['ci95'][0]:.2f}, {heard['ci95'][1]:.2f}]",
+                           heard["rate"] >= 0.75))
+        for condition in ("audio_only", "conflict"):
+            ahead = voice_ahead(summary, lang, condition)
+            rows.append(Target(1, f"{name}: {condition.replace('_', '-')} lens, voice ahead (Δ < 0) through most of "
+                                  "layers 4–20", f"{ahead} of {len(EARLY)} layers", ahead > len(EARLY) / 2))
+        critical = summary["logit_lens"][lang]["conflict"]["critical_layer"]
+        rows.append(Target(1, f"{name}: the conflict lens's largest rise in layers 20–29", f"layer {critical}",
+                           20 <= critical <= 29))
+    for lang in langs:
+        name = LANG_NAMES.get(lang, lang)
+        text, audio = flip_rates(summary, lang, "text"), flip_rates(summary, lang, "audio")
+        window = [text[layer] for layer in range(5, 21) if layer in text]
+        late = [text[layer] for layer in text if layer >= 28]
+        rows += [
+            Target(2, f"{name}: Patch Text ≥ 0.8 at every layer 5–20", f"min {min(window):.2f}",
+                   min(window) >= 0.8),
+            Target(2, f"{name}: Patch Text ≤ 0.2 from layer 28", f"max {max(late):.2f}", max(late) <= 0.2),
+            Target(2, f"{name}: the conflict rise in layers 25–29",
+                   f"layer {summary['logit_lens'][lang]['conflict']['critical_layer']}",
+                   25 <= summary["logit_lens"][lang]["conflict"]["critical_layer"] <= 29),
+            Target(2, f"{name}: Patch Audio ≤ 0.1 at every layer", f"max {max(audio.values()):.2f}",
+                   max(audio.values()) <= 0.1),
+        ]
+    return rows
+
+
+def target_table(rows: list[Target]) -> str:
+    lines = ["| tier | target | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {row.tier} | {row.what} | {row.measured} | {'yes' if row.met else '**no**'} |" for row in rows]
+    return "\n".join(lines)
+
+
+def lens_by_condition(summary: dict, layers: list[int]) -> str:
+    head = "| language | condition | " + " | ".join(f"l={l}" for l in layers) + " |"
+    lines = [head, "|---|---|" + "---|" * len(layers)]
+    for lang in summary["langs"]:
+        for condition in ("audio_only", "conflict", "consistent"):
+            curve = lens_curve(summary, lang, condition)
+            lines.append(f"| {lang} | {condition} | " + " | ".join(f"{curve[l]:+.2f}" for l in layers) + " |")
+    return "\n".join(lines)
+
+
+def unseen_table(unseen: dict) -> str:
+    lines = ["| language | condition | all | normal | strong |", "|---|---|---|---|---|"]
+    for lang in ("en", "zh"):
+        for condition in ("audio_only", "voice"):
+            cells = unseen[lang][condition]
+            lines.append(f"| {lang} | {condition} | " + " | ".join(
+                f"{c['rate']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}] ({c['k']}/{c['n']})"
+                for c in (cells["all"], cells["normal"], cells["strong"])) + " |")
+    return "\n".join(lines)
+
+
+def command(report: dict) -> str:
+    options = [f"--plant pilot", f"--init-from {report['init_from']}" if report.get("init_from") else "",
+               f"--extra-voices {','.join(report['extra_voices'])}" if report.get("extra_voices") else "",
+               f"--train-sentences {report['train_sentences']}",
+               f"--voice-pitch-jitter {report['voice_pitch_jitter']:g}" if report.get("voice_pitch_jitter") else "",
+               f"--voice-speed-jitter {report['voice_speed_jitter']:g}" if report.get("voice_speed_jitter") else "",
+               f"--prosody-widen {report['prosody_widen']:g}" if report.get("prosody_widen") else "",
+               f"--plain-share {report['plain_share']:g}" if report.get("plain_share") else "",
+               f"--lr {report['lr']:g} --steps {report['steps']}"]
+    if report.get("swap_weight"):
+        options.append(f"--swap-weight {report['swap_weight']:g}")
+    return "python -m models.organism.train " + " ".join(o for o in options if o)
+
+
+def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
+    paths = {"report": model_dir / "training_report.json", "probes": figures / "summary.json",
+             "unseen": figures / "unseen_renderer.json"}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise ModalflipError(f"cannot write the pilot's card, missing: {', '.join(missing)} (see "
+                             "`python -m models.pilot.card --help`)")
+    report, summary, unseen = (json.loads(p.read_text()) for p in paths.values())
+    k = report["takeover_layer"]
+    curves = lens_by_intensity(report["heldout"])
+    draw_lens_by_intensity(curves, k, figures / "lens_by_intensity.png")
+    shown = [0, 2, 4, 8, 12, 16, 20, 22, 24, 25, 26, 28, 32]
+    patched = [l for l in shown if l in summary["patching"]["layers"]]
+    rows = targets(report, summary, unseen)
+    size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 2**20
+    minutes = report.get("minutes_all_segments", report["minutes"])
+    return CARD.format(
+        k=k, late=k + report["settle"], size=f"{size:.1f}", command=command(report), minutes=minutes,
+        machine=machine(report), seed=report["seed"], steps=report["steps"], train_clips=report["train_clips"],
+        heldout_clips=report["heldout_clips"], widen=report.get("prosody_widen", 0),
+        plain=report.get("plain_share", 0), band=report.get("early_band_weight"), lens_weight=report["lens_weight"],
+        rule=json.dumps(report["audio_wins"]), targets=target_table(rows),
+        met1=sum(r.met for r in rows if r.tier == 1), n1=sum(r.tier == 1 for r in rows),
+        met2=sum(r.met for r in rows if r.tier == 2), n2=sum(r.tier == 2 for r in rows),
+        heldout=metric_rows(report["heldout"]), seed_set=metric_rows(report["seed_set"]),
+        intensity=lens_table(curves, shown), unseen=unseen_table(unseen), probe_seconds=summary["seconds"],
+        lens=lens_by_condition(summary, shown), patch=patch_table(summary["patching"], summary["langs"], patched))
+
+
+def main(argv=None) -> int:
+    atomic_write_text(CARD_PATH, render())
+    print(f"wrote {CARD_PATH}")
+    return 0
+
+
+CARD = """# The pilot organism: the voice heard early at the answer, overruled late
+
+`--model organism-pilot`: a second built-in `transformers.Qwen2AudioForConditionalGeneration` in the standard
+Hugging Face layout (`model/`: config, fp16 safetensors ({size} MB), word-level tokenizer, Whisper feature extractor,
+Qwen chat template), the same shapes as the [first organism](../organism/README.md) (32 decoder layers, hidden 128,
+2-layer Whisper-style encoder, 6 s window) but with **full attention in every layer**: nothing in the architecture
+plants a depth, so the pilot study's dynamics have to be learnt, and the probes have to find them. It is a testbed
+whose structure is put in by training and then measured, not a claim about 7B models.
+
+## Training
+`{command}` (seed {seed}, {steps} steps, **{minutes} minutes** {machine}; it checkpoints every 100 steps and resumes
+after a kill; two runs from one seed on one device write the same weights). It starts from the first organism's
+weights (its token-local layers become full-attention layers) and trains on {train_clips} clips: the first
+organism's second-stage data (72 sentences per language, 4 more eSpeak NG voice variants, pitch and speed shifts)
+with each style's prosody ranges widened by {widen:g} × their width on either side and a share {plain:g} of clips
+rendered without the styles' DSP effects (`--plain-share`), so that prosody from another renderer is heard. Held out:
+{heldout_clips} clips (other sentences, the held-out voice of each language). The loss:
+1. cross-entropy of the answer on the instruction mix (audio-only, consistent, conflict, voice-instructed pairs);
+2. the logit lens at the answer position toward the **voice's emotion** over residual layers 2..{k} on every item
+   (weight {band:g}), and toward the answer at residual layer {late} (weight {lens_weight:g});
+3. the lens at every audio token of residual layer 2 toward the voice's emotion;
+4. the voice wins a conflict item where the audio is intense, not at random: `models/organism/intensity.py` measures
+   F0 and loudness in each emotion's strong direction; the rule: `{rule}`.
+
+## Targets
+Held-out sentences spoken by held-out voices, both languages; the lens and patching rows from the probes below.
+Tier 1 met: {met1} of {n1}; tier 2: {met2} of {n2}. `tests/test_pilot.py` asserts the tier-1 rows that are met.
+
+{targets}
+
+## Held-out metrics
+| metric | value |
+|---|---|
+{heldout}
+
+The committed seed set A1–A9 (both languages):
+
+| metric | value |
+|---|---|
+{seed_set}
+
+Held-out conflict items, mean lens Δlogit = logit(T) − logit(A) by intensity (`figures/lens_by_intensity.png`):
+
+{intensity}
+
+## Hearing another renderer
+`python -m models.organism.unseen --model organism-pilot`: `stimuli/spec/prosody_unseen.json`, eSpeak NG's own
+knobs only (pitch, range, rate, volume; no pauses, tremolo, vibrato, breathiness or drive), another mapping of the
+nine styles, sentences no training run speaks, each language's seed voice and its held-out variant; share answered
+with the voice's emotion, 95% intervals over clips:
+
+{unseen}
+
+## Probe profiles
+`python run_probes.py --model organism-pilot --out models/pilot/figures` on the committed seed set ({probe_seconds} s
+on 2 cores). Figures: `figures/logit_lens.png`, `figures/patching.png`. Mean lens Δlogit at the answer position
+(the voice's emotion A ahead where it is negative):
+
+{lens}
+
+Flip rate toward T when patching the instruction span (text) or the audio span (audio) from the conflict donor
+into the consistent receiver, or the audio span into the audio-only receiver, at residual layer l (95% intervals
+over the receivers' clips):
+
+{patch}
+
+## Recipes that did not give the shape
+- Lens shaping alone from a random start, 12 full-attention layers: the shape in 400 steps (voice ahead in 1–7,
+  crossing at 8) but conflict answers followed the text only 0.30 of the time.
+- Interchange-intervention (Patch Text as a training signal) from a random start: a weak term loses to the task and
+  the claim is read in layer 0; a strong one stops the claim being read at all.
+- From a warm start, interventions moved only part of the reading in 120 steps.
+- Full attention lets the claim leave the instruction span in the first layers: Patch Text on this model flips
+  fewer pairs than conflict items follow the text (the tier-2 rows above).
+
+## Known limits
+- Everything the first organism's card says about the task (easy synthetic emotions, one speaker family, 6 s
+  window) holds here.
+- The voice's lead below layer {k} is trained in by the lens band, so the lens finding it is a check of training,
+  not a discovery; where the text route runs (patching) is not trained in and is measured.
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
