@@ -87,34 +87,53 @@ def curve_figure(curve: list[dict], path: str | Path, title: str) -> Path:
 def sweep_figure(sweep: dict, path: str | Path) -> Path:
     """`sweep.png`: the share of text-dominant answers flipped against the L∞ budget ε (log scale, left) and
     against the achieved mean SNR in dB (right), with 95% intervals over the sweep's unit; one curve per method."""
+    return budget_figure([(f"{sweep['method']} ({sweep['optimizer']})", sweep)], path,
+                         f"{sweep['model']['id']}: success against budget")
+
+
+def budget_figure(curves: list[tuple[str, dict]], path: str | Path, title: str) -> Path:
+    """Several sweeps (label, `sweep.json`'s content) on one figure, as `sweep_figure` draws one: the share of
+    text-dominant answers flipped with 95% intervals over the sweeps' unit (which they must share) against ε (log
+    scale; the curves' points are set slightly apart along ε so that their intervals stay visible) and against
+    the achieved mean SNR (dB)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = sorted(sweep["points"], key=lambda p: (p["budget"]["linf"], p["budget"].get("snr_db") or 0))
-    rates = [p["text_dominant"]["rate"] or 0.0 for p in points]
-    errors = [[r - p["text_dominant"]["ci95"][0] for r, p in zip(rates, points)],
-              [p["text_dominant"]["ci95"][1] - r for r, p in zip(rates, points)]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    label = f"{sweep['method']} ({sweep['optimizer']})"
-    left.errorbar([p["budget"]["linf"] for p in points], rates, yerr=errors, marker="o", capsize=3, label=label)
+    units = {sweep["unit"] for _, sweep in curves}
+    if len(units) != 1:
+        raise ValueError(f"sweeps over different units on one figure: {sorted(units)}")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2 + 0.25 * ((len(curves) + 1) // 2)), sharey=True)
+    markers = "osD^vP*X"
+    for index, (label, sweep) in enumerate(curves):
+        points = sorted(sweep["points"], key=lambda p: (p["budget"]["linf"], p["budget"].get("snr_db") or 0))
+        rates = [p["text_dominant"]["rate"] or 0.0 for p in points]
+        errors = [[r - p["text_dominant"]["ci95"][0] for r, p in zip(rates, points)],
+                  [p["text_dominant"]["ci95"][1] - r for r, p in zip(rates, points)]]
+        apart = 1.06 ** (index - (len(curves) - 1) / 2)
+        style = {"marker": markers[index % len(markers)], "capsize": 3, "label": label, "alpha": 0.85}
+        left.errorbar([p["budget"]["linf"] * apart for p in points], rates, yerr=errors, **style)
+        snr = [p["snr_db_mean"] for p in points]
+        kept = [i for i, value in enumerate(snr) if value is not None]
+        right.errorbar([snr[i] for i in kept], [rates[i] for i in kept],
+                       yerr=[[errors[0][i] for i in kept], [errors[1][i] for i in kept]], **style)
     left.set_xscale("log")
-    left.set_xlabel("L∞ budget ε (full scale 1)")
-    snr = [p["snr_db_mean"] for p in points]
-    kept = [i for i, value in enumerate(snr) if value is not None]
-    right.errorbar([snr[i] for i in kept], [rates[i] for i in kept],
-                   yerr=[[errors[0][i] for i in kept], [errors[1][i] for i in kept]], marker="o", capsize=3,
-                   label=label)
+    budgets = sorted({p["budget"]["linf"] for _, sweep in curves for p in sweep["points"]})
+    left.set_xticks(budgets, [f"{eps:g}" for eps in budgets])
+    left.minorticks_off()
+    left.set_xlabel("L∞ budget ε (full scale 1)" + (", points set apart" if len(curves) > 1 else ""))
     right.set_xlabel("achieved SNR, mean over clips (dB)")
     right.invert_xaxis()  # louder perturbations to the right on both panels
-    left.set_ylabel(f"text-dominant answers flipped\n(95% interval over {sweep['unit']}s)")
+    left.set_ylabel(f"text-dominant answers flipped\n(95% interval over {units.pop()}s)")
     for axis in (left, right):
         axis.set_ylim(-0.03, 1.03)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    fig.suptitle(f"{sweep['model']['id']}: success against budget", fontsize=10)
-    fig.tight_layout()
+    handles, labels = left.get_legend_handles_labels()
+    rows = (len(curves) + 1) // 2
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(curves), 2), fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.02 + 0.04 * rows, 1, 1))
     return atomic_write_png(path, fig)
 
 
