@@ -120,13 +120,13 @@ class Step:
 def run_step(argv: Sequence[str], threads: int) -> Step:
     """Run `python ARGV` in the repository root with `threads` CPU threads; a `ModalflipError` if it fails."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), COLUMNS="140")
-    shown = "python " + shlex.join(argv)
-    print(f"$ {shown}", flush=True)
+    command = "python " + shlex.join(argv)
+    print(f"$ {command}", flush=True)
     started = time.time()
     done = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
-        raise ModalflipError(f"`{shown}` exited with status {done.returncode}; its last lines:\n{tail}")
+        raise ModalflipError(f"`{command}` exited with status {done.returncode}; its last lines:\n{tail}")
     return Step(list(argv), round(time.time() - started, 1), done.stdout)
 
 
@@ -497,12 +497,12 @@ def bench_section(steps: list[Step]) -> str:
 
 
 def header(model: PageModel, command: str, fast: bool, version: str, today: str, machine_text: str,
-           takeover: dict | None) -> str:
+           takeover: dict | None, page_dir: Path) -> str:
     kind = ("**Smoke run (`--fast`): tiny trial and step counts on a few English clips. These numbers check that the "
             "page can be made; they are not results.**\n\n" if fast else "")
     planted = ("" if takeover is None else f" with a planted text takeover at decoder layer "
                f"{takeover['decoder_layer']} (residual layer {takeover['residual_layer']})")
-    card = f" ([model card](../{model.card}))" if (ROOT / model.card).is_file() else ""
+    card = f" ([model card]({link(ROOT / model.card, page_dir)}))" if (ROOT / model.card).is_file() else ""
     writes = ("writes this page and everything else into its scratch folder" if fast else
               f"rewrites this page, `docs/{model.board}`, the `docs/figures/*-{model.slug}*.png` figures, the "
               f"{model.name}'s probe figures and its model card")
@@ -604,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     benches = [] if args.fast or args.no_bench else [
         run_step(["-m", name, "--threads", str(args.threads)], args.threads) for name in BENCHMARKS]
     sections = [header(model, page_command(args), args.fast, version, today, machine(args.threads),
-                       summary.get("planted_takeover")),
+                       summary.get("planted_takeover"), page.parent),
                 "## Probes\n", probes_section(probes, summary, None if args.fast else link(ROOT / model.figures,
                                                                                           page.parent)),
                 "\n## Prompt search\n", search_section(search, best, search_records),
