@@ -15,7 +15,8 @@ not use the window), the final answer alone, each as a sweep over ε 0.002, 0.00
 text-dominant flips against ε and against the achieved SNR (`docs/figures/attack-budget-<model>.png`), and the
 persistence figures at ε 0.008 are copied beside it. The runs are listed in `<runs-dir>/attacks.json`, which
 `--transfer-from-runs` reads: given another page run's scratch folder (made on the other organism), this page
-scores that run's adversarial clips at ε 0.008 on its own model without optimising and adds a transfer table.
+scores that run's adversarial clips at ε 0.008 on its own model without optimising, and its own clips on that run's
+model, and adds a transfer table for each direction.
 
 `--fast` is a smoke run of the same pipeline (English only, the probes on three seed clips, 3 trials, 1 attack step
 on one clip at one budget and the probe window only, no benchmarks) into the scratch folder only: it checks that
@@ -592,6 +593,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     transfers = [] if source is None else run_transfers(source, Path(args.transfer_from_runs).resolve(),
                                                        ["--model", args.model, "--runs-dir", shown_runs], runs,
                                                        args.threads)
+    # and the other way: this page's clips scored on the other page's model, so one page holds both directions
+    (runs / "back").mkdir(exist_ok=True)
+    back = [] if source is None else run_transfers(read_attack_manifest(str(runs)), runs,
+                                                   ["--model", source["model"], "--runs-dir", shown_runs],
+                                                   runs / "back", args.threads)
 
     board = run_step(["-m", "eval.leaderboard", "--runs-dir", shown_runs, "--markdown", shown(board_path)],
                      args.threads)
@@ -612,7 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 figures_text(budget, copies, page.parent),
                 "\n### Matched comparisons\n", comparison_section(paired)]
     if transfers:
-        sections += ["\n### Transfer\n", transfer_section(transfers, model.name)]
+        sections += ["\n### Transfer\n", transfer_section(transfers, model.name), "",
+                     transfer_section(back, MODELS[source["model"]].name)]
     sections += ["\n## Leaderboard\n", board_section(board, board_text,
                                                       None if args.fast else link(board_path, page.parent))]
     if benches:
