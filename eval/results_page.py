@@ -101,6 +101,7 @@ OBJECTIVES = (
 FIXED_WINDOW = ("5-20", ("--from-layer", "5", "--target-layer", "20"))  # also the answer alone's readout window
 PROBE_WINDOW = "probes"
 EPSILONS = (0.002, 0.008, 0.03)
+BEYOND = (0.06, 0.12)  # the answer alone only: where its curve crosses one half, if it does
 SHOWN_EPSILON = 0.008  # the budget of the copied persistence figures and of the transfer
 ATTACK_STEPS = "60"
 ATTACK_MANIFEST = "attacks.json"
@@ -252,16 +253,18 @@ class AttackRun:
 
 
 def run_attacks(windows: list[tuple[str, tuple[str, ...]]], epsilons: Sequence[float], options: list[str],
-                runs: Path, threads: int) -> list[AttackRun]:
+                runs: Path, threads: int, beyond: Sequence[float] = ()) -> list[AttackRun]:
     """Every objective over every window (once for the answer alone, with the fixed window as its readout), each a
-    sweep over `epsilons`, with the same `options` (steps, language, clips, model, runs folder)."""
+    sweep over `epsilons`, with the same `options` (steps, language, clips, model, runs folder); the answer alone's
+    sweep goes on over the larger budgets `beyond`, to show where its curve crosses one half."""
     attacks = []
     for objective in OBJECTIVES:
         for window, window_options in (windows if objective.windowed else [(None, FIXED_WINDOW[1])]):
             before = record_ids(runs)
             out = runs / f"attack-{objective.slug}" if window is None else runs / f"attack-{objective.slug}-{window}"
+            budgets = [*epsilons, *(beyond if objective.slug == "answer" else ())]
             step = run_step(["run_attack.py", *objective.options, *window_options, "--epsilon",
-                             ",".join(f"{eps:g}" for eps in epsilons), *options, "--out", shown(out)], threads)
+                             ",".join(f"{eps:g}" for eps in budgets), *options, "--out", shown(out)], threads)
             budgets = {}
             for record in new_records(runs, before):
                 folder = artifacts_dir(record, runs)
@@ -447,13 +450,15 @@ def attacks_intro(fast: bool, window: Window, epsilons: Sequence[float]) -> str:
     probe_window = (f"the window read off the probes above (`--window-from`: from the first layer ≥ 1 where the "
                     f"audio-only lens reads the voice, its 95% interval below 0, to the conflict critical layer), "
                     f"here layers {window.first}–{window.last} in English")
+    beyond = ", ".join(f"{eps:g}" for eps in BEYOND)
+    further = "" if fast else f" and goes on to ε {beyond}, to show where it crosses one half"
     windows = (f"The persistence window is {probe_window} (the full page also runs layers 5–20)." if fast else
                f"Two persistence windows: residual layers 5–20, and {probe_window}.")
     return (f"English conflict items{' of clip A4' if fast else ''}, {steps} of APGD (the default optimiser), seed "
             f"0; every run has the same settings but its objective and window, and runs {budgets}. {windows} The "
-            "final answer alone does not use a window (its Δlogit and persistence readouts cover layers 5–20). A "
-            "flip is a conflict answer that names the voice's emotion after the attack; text-dominant counts only "
-            "the items whose clean answer followed the text. Intervals: 95% cluster bootstrap over clips, the "
+            f"final answer alone does not use a window (its Δlogit and persistence readouts cover layers "
+            f"5–20){further}. A flip is a conflict answer that names the voice's emotion after the attack; "
+            "text-dominant counts only the items whose clean answer followed the text. Intervals: 95% cluster bootstrap over clips, the "
             "unit.\n")
 
 
@@ -586,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     windows = [(PROBE_WINDOW, ("--window-from", shown(probes_out)))]
     windows = windows if args.fast else [FIXED_WINDOW, *windows]
     epsilons = (SHOWN_EPSILON,) if args.fast else EPSILONS
-    attacks = run_attacks(windows, epsilons, attack_options, runs, args.threads)
+    attacks = run_attacks(windows, epsilons, attack_options, runs, args.threads, () if args.fast else BEYOND)
     write_attack_manifest(runs / ATTACK_MANIFEST, attacks, args.model, clips)
     paired = run_comparisons(attacks, shown_runs, args.threads)
     budget, copies = budget_figures(attacks, model, figures)
