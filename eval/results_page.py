@@ -458,8 +458,8 @@ def attacks_intro(fast: bool, window: Window, epsilons: Sequence[float]) -> str:
             f"0; every run has the same settings but its objective and window, and runs {budgets}. {windows} The "
             f"final answer alone does not use a window (its Δlogit and persistence readouts cover layers "
             f"5–20){further}. A flip is a conflict answer that names the voice's emotion after the attack; "
-            "text-dominant counts only the items whose clean answer followed the text. Intervals: 95% cluster bootstrap over clips, the "
-            "unit.\n")
+            "text-dominant counts only the items whose clean answer followed the text. Intervals: 95% cluster "
+            "bootstrap over clips, the unit.\n")
 
 
 def figures_text(budget: Path, copies: list[tuple[str, Path]], page_dir: Path) -> str:
