@@ -156,7 +156,7 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
         k=k, late=k + report["settle"], size=f"{size:.1f}", command=command(report), minutes=minutes,
         machine=machine(report), seed=report["seed"], steps=report["steps"], train_clips=report["train_clips"],
         heldout_clips=report["heldout_clips"], widen=report.get("prosody_widen", 0),
-        plain=report.get("plain_share", 0), band=report.get("early_band_weight"), lens_weight=report["lens_weight"],
+        plain=report.get("plain_share", 0), band=report.get("early_band_weight") or 0.0, lens_weight=report["lens_weight"],
         rule=json.dumps(report["audio_wins"]), targets=target_table(rows),
         met1=sum(r.met for r in rows if r.tier == 1), n1=sum(r.tier == 1 for r in rows),
         met2=sum(r.met for r in rows if r.tier == 2), n2=sum(r.tier == 2 for r in rows),
