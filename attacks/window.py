@@ -5,7 +5,8 @@ The probe rule, per language, from the logit lens of `run_probes.py`'s summary.j
 at the answer position, so the voice's emotion A leads where Δ < 0):
     from = the first residual layer ≥ 1 at which the audio-only curve's 95% interval lies entirely below 0 (the
            voice's emotion is readable at the answer position);
-    to   = the conflict curve's critical layer (its largest one-layer change: the measured takeover by the text).
+    to   = the conflict curve's largest rise toward T (`probes.logit_lens.largest_rise`: the measured takeover by
+           the text; the largest absolute change can be the voice arriving at layer 1).
 With several languages the window is the layers where the rule holds in every language: the latest start and the
 earliest end. The window is empty, and refused, where the voice becomes readable only after the takeover.
 """
@@ -15,7 +16,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from common.errors import ModalflipError
+from probes.logit_lens import largest_rise
 
 SUMMARY = "summary.json"
 
@@ -65,10 +69,11 @@ def read_summary(path: str | Path) -> tuple[dict, Path]:
 
 def language_window(curves: dict) -> tuple[int | None, int]:
     """(from, to) of one language's logit-lens curves (`summary["logit_lens"][lang]`): from = the first residual
-    layer ≥ 1 whose audio-only 95% interval lies below 0 (None if none does), to = the conflict critical layer."""
+    layer ≥ 1 whose audio-only 95% interval lies below 0 (None if none does), to = the conflict curve's largest
+    rise toward T."""
     high = curves["audio_only"]["high"]
     first = next((layer for layer in range(1, len(high)) if high[layer] < 0), None)
-    return first, int(curves["conflict"]["critical_layer"])
+    return first, largest_rise(np.asarray(curves["conflict"]["mean"]))
 
 
 def from_probes(path: str | Path, langs: list[str]) -> Window:

@@ -126,6 +126,13 @@ def critical_layer(curve: np.ndarray) -> int:
     return int(np.argmax(np.abs(np.diff(curve)))) + 1
 
 
+def largest_rise(curve: np.ndarray) -> int:
+    """The residual layer l (1..n) with the largest rise toward T, delta[l] - delta[l-1] (the takeover by the
+    text). Unlike `critical_layer` it ignores the voice's emotion arriving early (a fall), which on a model that
+    hears the voice at the answer position from layer 1 is the largest absolute change."""
+    return int(np.argmax(np.diff(curve))) + 1
+
+
 def sign_settles(curve: np.ndarray) -> int:
     """The first layer from which the sign of delta stays that of the last layer."""
     final = np.sign(curve[-1])
@@ -153,7 +160,8 @@ def summarize(rows: list[dict], n_boot: int, seed: int) -> dict:
             summary[lang][condition] = dict(
                 n_readings=len(sub), n_clips=len(set(clusters)), unit=UNIT_CLIP,
                 mean=mean.round(4).tolist(), low=low.round(4).tolist(), high=high.round(4).tolist(),
-                critical_layer=critical_layer(mean), sign_settles=sign_settles(mean),
+                critical_layer=critical_layer(mean), largest_rise=largest_rise(mean),
+                sign_settles=sign_settles(mean),
                 critical_layer_items=dict(mean=round(float(crit_mean[0]), 2), low=round(float(crit_low[0]), 2),
                                           high=round(float(crit_high[0]), 2)),
                 sign_settles_items=dict(mean=round(float(crit_mean[1]), 2), low=round(float(crit_low[1]), 2),

@@ -7,17 +7,22 @@ import json
 
 import pytest
 
+import numpy as np
+
 from attacks.window import from_probes, language_window
 from conftest import ROOT
+from probes.logit_lens import largest_rise
 
 ORGANISM_PROBES = ROOT / "models" / "organism" / "figures" / "summary.json"
 
 
-def _curves(audio_high: list[float], conflict_critical: int) -> dict:
-    """One language's logit-lens curves as run_probes.py writes them (only the fields the rule reads are real)."""
+def _curves(audio_high: list[float], conflict_rise: int) -> dict:
+    """One language's logit-lens curves as run_probes.py writes them (only the fields the rule reads are real): the
+    conflict curve falls toward the voice at layer 1 by more than it later rises toward T at `conflict_rise`."""
     flat = [0.0] * len(audio_high)
+    conflict = [0.0] + [-3.0 if layer < conflict_rise else -1.0 for layer in range(1, len(audio_high))]
     return {"audio_only": {"mean": flat, "low": [h - 1 for h in audio_high], "high": audio_high},
-            "conflict": {"mean": flat, "low": flat, "high": flat, "critical_layer": conflict_critical}}
+            "conflict": {"mean": conflict, "low": flat, "high": flat, "critical_layer": 1}}
 
 
 def _summary(tmp_path, model_hash: str = "0" * 16, **langs: dict):
@@ -33,7 +38,7 @@ def test_on_the_organism_the_probe_window_runs_from_the_readable_voice_to_the_ta
     window = from_probes(ORGANISM_PROBES, [lang])
     high = curves["audio_only"]["high"]
     assert high[window.first] < 0 and all(h >= 0 for h in high[1:window.first])
-    assert window.last == curves["conflict"]["critical_layer"]
+    assert window.last == largest_rise(np.asarray(curves["conflict"]["mean"])) == curves["conflict"]["critical_layer"]
     # the organism's voice becomes readable only at its planted takeover: a short window there
     assert summary["planted_takeover"]["residual_layer"] <= window.first <= window.last <= window.first + 2
     assert window.as_dict() == {"from": window.first, "to": window.last, "rule": "probes",
@@ -41,16 +46,23 @@ def test_on_the_organism_the_probe_window_runs_from_the_readable_voice_to_the_ta
 
 
 def test_with_several_languages_the_window_is_the_latest_start_to_the_earliest_end(tmp_path):
-    en = _curves([0.5, 0.3, -0.1, -0.2, -0.3, -0.3, -0.4, -0.5], conflict_critical=6)  # 2..6
-    zh = _curves([0.5, 0.3, 0.2, 0.1, -0.3, -0.3, -0.4, -0.5], conflict_critical=7)  # 4..7
+    en = _curves([0.5, 0.3, -0.1, -0.2, -0.3, -0.3, -0.4, -0.5], conflict_rise=6)  # 2..6
+    zh = _curves([0.5, 0.3, 0.2, 0.1, -0.3, -0.3, -0.4, -0.5], conflict_rise=7)  # 4..7
     assert language_window(en) == (2, 6) and language_window(zh) == (4, 7)
     window = from_probes(_summary(tmp_path, en=en, zh=zh), ["en", "zh"])
     assert (window.first, window.last) == (4, 6)
 
 
+def test_the_window_ends_at_the_rise_toward_the_text_not_at_the_voice_arriving(tmp_path):
+    """A model that hears the voice at the answer position from layer 1 has its largest absolute change there; the
+    takeover is the largest rise toward T."""
+    curves = _curves([0.5, -0.2, -0.3, -0.3, -0.4, -0.5, -0.5], conflict_rise=5)
+    assert curves["conflict"]["critical_layer"] == 1 and language_window(curves) == (1, 5)
+
+
 def test_layer_zero_never_starts_the_window(tmp_path):
     """Layer 0 is the embeddings, identical for every clip at the answer position: it reads no voice."""
-    assert language_window(_curves([-0.1, 0.2, -0.3, -0.4], conflict_critical=3)) == (2, 3)
+    assert language_window(_curves([-0.1, 0.2, -0.3, -0.4], conflict_rise=3)) == (2, 3)
 
 
 @pytest.mark.parametrize("langs, message", [

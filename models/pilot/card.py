@@ -17,6 +17,7 @@ from common.cli import run_main
 from common.errors import ModalflipError
 from models.organism.card import (draw_lens_by_intensity, lens_by_intensity, lens_table, machine, metric_rows,
                                   patch_table)
+from probes.logit_lens import largest_rise
 
 HERE = Path(__file__).parent
 MODEL_DIR = HERE / "model"
@@ -74,7 +75,7 @@ def targets(report: dict, summary: dict, unseen: dict) -> list[Target]:
             ahead = voice_ahead(summary, lang, condition)
             rows.append(Target(1, f"{name}: {condition.replace('_', '-')} lens, voice ahead (Δ < 0) through most of "
                                   "layers 4–20", f"{ahead} of {len(EARLY)} layers", ahead > len(EARLY) / 2))
-        critical = summary["logit_lens"][lang]["conflict"]["critical_layer"]
+        critical = largest_rise(lens_curve(summary, lang, "conflict"))
         rows.append(Target(1, f"{name}: the conflict lens's largest rise in layers 20–29", f"layer {critical}",
                            20 <= critical <= 29))
     for lang in langs:
@@ -87,8 +88,8 @@ def targets(report: dict, summary: dict, unseen: dict) -> list[Target]:
                    min(window) >= 0.8),
             Target(2, f"{name}: Patch Text ≤ 0.2 from layer 28", f"max {max(late):.2f}", max(late) <= 0.2),
             Target(2, f"{name}: the conflict rise in layers 25–29",
-                   f"layer {summary['logit_lens'][lang]['conflict']['critical_layer']}",
-                   25 <= summary["logit_lens"][lang]["conflict"]["critical_layer"] <= 29),
+                   f"layer {largest_rise(lens_curve(summary, lang, 'conflict'))}",
+                   25 <= largest_rise(lens_curve(summary, lang, "conflict")) <= 29),
             Target(2, f"{name}: Patch Audio ≤ 0.1 at every layer", f"max {max(audio.values()):.2f}",
                    max(audio.values()) <= 0.1),
         ]
