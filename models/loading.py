@@ -56,9 +56,10 @@ def load_model(name_or_path: str = "organism", device: str = "auto", dtype: str 
     built_in = name_or_path in BUILT_IN
     source = str(BUILT_IN[name_or_path]) if built_in else str(name_or_path)
     if built_in and not (Path(source) / "config.json").exists():
-        raise ModalflipError(f"the weights of the built-in {name_or_path!r} are missing from "
-                             f"{Path(source).relative_to(Path(__file__).parent.parent)}; rebuild them with: "
-                             f"{REBUILD[name_or_path]}")
+        root = Path(__file__).parent.parent
+        folder = Path(source).relative_to(root) if Path(source).is_relative_to(root) else Path(source)
+        raise ModalflipError(f"the weights of the built-in {name_or_path!r} are missing from {folder}; rebuild "
+                             f"them with: {REBUILD[name_or_path]}")
     if _looks_like_path(source):
         source = str(Path(source).expanduser())
         if not Path(source).exists():
