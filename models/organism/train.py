@@ -9,7 +9,8 @@ Recipe (a planted takeover depth K; the model card says why and what failed befo
    crosses tokens before K; the loss adds the logit lens at resid[K+2] toward the answer and at every audio token of
    resid[K] toward the voice. `--plant objective`: full attention everywhere; the lens at resid[K] must read the
    voice and at resid[K+2] the answer, and the pairs must be identical after the instruction in resid[1..K].
-   `--plant pilot` (the pilot study's dynamics, not shipped yet): full attention everywhere; the lens at the answer
+   `--plant pilot` (the pilot study's dynamics; shipped as `--model organism-pilot`, models/pilot/model, with
+   the command in its card): full attention everywhere; the lens at the answer
    position reads the voice's emotion over resid[2..K] on every item and the answer at resid[K+2], every audio token
    of resid[2] reads the voice, and the voice wins a conflict item where the audio is intense
    (`models/organism/intensity.py`) instead of at random. `--init-from` the token-local organism starts from its
