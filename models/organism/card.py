@@ -84,7 +84,8 @@ def voice_shift(report: dict) -> str:
 def machine(report: dict) -> str:
     """Where a training run ran, in words."""
     device = report.get("device", "cpu")  # reports before the --device option were all written on the CPU
-    return (f"on this project's 2-core machine, {report['threads']} CPU threads" if device == "cpu"
+    threads = f"{report['threads']} CPU thread" + ("" if report["threads"] == 1 else "s")
+    return (f"on this project's 2-core machine, {threads}" if device == "cpu"
             else f"on a GPU ({device}); the CPU gives other weights from the same seed")
 
 

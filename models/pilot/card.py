@@ -123,6 +123,16 @@ def unseen_table(unseen: dict) -> str:
     return "\n".join(lines)
 
 
+def rule_text(rule: dict) -> str:
+    """The measured voice-wins rule in words (the report keeps its per-style statistics)."""
+    if "thresholds" not in rule:
+        return f"the voice wins at random, {json.dumps(rule)}"
+    thresholds = ", ".join(f"{lang} {value:.2f}" for lang, value in rule["thresholds"].items())
+    return (f"a strong clip's intensity is the sum of its z-scored {', '.join(rule['measures'])}, each signed "
+            f"toward its emotion's strong renders, and the voice wins where it reaches the threshold of the top "
+            f"{rule['voice_wins_share']:.0%} of strong training clips ({thresholds})")
+
+
 def command(report: dict) -> str:
     options = [f"--plant pilot", f"--init-from {report['init_from']}" if report.get("init_from") else "",
                f"--extra-voices {','.join(report['extra_voices'])}" if report.get("extra_voices") else "",
@@ -158,7 +168,7 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
         machine=machine(report), seed=report["seed"], steps=report["steps"], train_clips=report["train_clips"],
         heldout_clips=report["heldout_clips"], widen=report.get("prosody_widen", 0),
         plain=report.get("plain_share", 0), band=report.get("early_band_weight") or 0.0, lens_weight=report["lens_weight"],
-        rule=json.dumps(report["audio_wins"]), targets=target_table(rows),
+        rule=rule_text(report["audio_wins"]), targets=target_table(rows),
         met1=sum(r.met for r in rows if r.tier == 1), n1=sum(r.tier == 1 for r in rows),
         met2=sum(r.met for r in rows if r.tier == 2), n2=sum(r.tier == 2 for r in rows),
         heldout=metric_rows(report["heldout"]), seed_set=metric_rows(report["seed_set"]),
@@ -194,7 +204,7 @@ rendered without the styles' DSP effects (`--plain-share`), so that prosody from
    (weight {band:g}), and toward the answer at residual layer {late} (weight {lens_weight:g});
 3. the lens at every audio token of residual layer 2 toward the voice's emotion;
 4. the voice wins a conflict item where the audio is intense, not at random: `models/organism/intensity.py` measures
-   F0 and loudness in each emotion's strong direction; the rule: `{rule}`.
+   F0 and loudness in each emotion's strong direction: {rule}.
 
 ## Targets
 Held-out sentences spoken by held-out voices, both languages; the lens and patching rows from the probes below.
