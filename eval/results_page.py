@@ -599,7 +599,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                        ["--model", args.model, "--runs-dir", shown_runs], runs,
                                                        args.threads)
     # and the other way: this page's clips scored on the other page's model, so one page holds both directions
-    (runs / "back").mkdir(exist_ok=True)
     back = [] if source is None else run_transfers(read_attack_manifest(str(runs)), runs,
                                                    ["--model", source["model"], "--runs-dir", shown_runs],
                                                    runs / "back", args.threads)

@@ -93,8 +93,8 @@ def load_model(name_or_path: str = "organism", device: str = "auto", dtype: str 
 
 @contextmanager
 def _quiet_loading(quiet: bool):
-    """Hide transformers' "Loading weights" bar for the built-in models (they load in a blink, and the bar would sit above
-    every command's own progress); real checkpoints keep it."""
+    """Hide transformers' "Loading weights" bar for the built-in models (they load in a blink, and the bar would sit
+    above every command's own progress); real checkpoints keep it."""
     bars = transformers.utils.logging
     was_enabled = bars.is_progress_bar_enabled()
     if quiet:

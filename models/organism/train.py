@@ -120,15 +120,17 @@ def synthesize(split: str, renders: int, seed: int, progress: Progress,
     return render_clips(jobs, f"synthesizing {split} clips", progress, jitter.widen)
 
 
-def render_clips(jobs: list[tuple], description: str, progress: Progress, widen: float = 0.0) -> list[Clip]:
+def render_clips(jobs: list[tuple], description: str, progress: Progress, widen: float = 0.0,
+                 styles: dict | None = None) -> list[Clip]:
     """Render (sentence, lang, emotion, intensity, voice, prosody seed, voice shift) jobs, dropping clips longer
-    than the model window, with a progress task; `widen` widens every style's prosody ranges (`tts.draw_prosody`)."""
+    than the model window, with a progress task; `widen` and `styles` (another renderer's mapping) as in
+    `tts.draw_prosody`."""
     task = progress.add_task(description, total=len(jobs), loss=float("nan"))
     clips = []
     window = build.WINDOW_SECONDS * tts.SAMPLE_RATE
     for sentence, lang, emotion, intensity, voice, prosody_seed, shift in jobs:
         wave = tts.render(sentence, lang, emotion, intensity, voice=voice, jitter_seed=prosody_seed, shift=shift,
-                           widen=widen)
+                           widen=widen, styles=styles)
         if len(wave) <= window:
             clips.append(Clip(wave, lang, emotion, intensity, sentence, voice))
         progress.advance(task)
@@ -509,7 +511,7 @@ def decide_voice_wins(train_clips: list[Clip], heldout_clips: list[Clip], progre
         measured.append(intensity_rule.prosody(clip.wave))
         progress.advance(task)
     rule = intensity_rule.fit([(c.lang, c.emotion, c.intensity, m)
-                          for c, m in zip(train_clips, measured[:len(train_clips)])])
+                               for c, m in zip(train_clips, measured[:len(train_clips)])])
     for clip, m in zip(clips, measured):
         clip.voice_wins = rule.voice_wins(clip.lang, clip.emotion, clip.intensity, m)
     return rule
@@ -677,8 +679,8 @@ def main(argv=None) -> int:
     if not (0 <= args.voice_pitch_jitter <= 50 and 0 <= args.voice_speed_jitter < 0.5
             and 0 <= args.voice_breath_jitter <= 0.5 and 0 <= args.prosody_widen <= 2
             and 0 <= args.plain_share <= 1):
-        raise ModalflipError("--voice-pitch-jitter must lie in 0..50, --voice-speed-jitter in [0, 0.5) and "
-                             "--voice-breath-jitter in 0..0.5, --prosody-widen in 0..2, --plain-share in 0..1")
+        raise ModalflipError("--voice-pitch-jitter must lie in 0..50, --voice-speed-jitter in [0, 0.5), "
+                             "--voice-breath-jitter in 0..0.5, --prosody-widen in 0..2 and --plain-share in 0..1")
     extra_voices = tuple(v for v in args.extra_voices.split(",") if v)
     held_out = {voice.split("+")[-1] for voice in held_out_voices()}
     for variant in extra_voices:
@@ -756,7 +758,8 @@ def main(argv=None) -> int:
         encoder_layers=model.config.audio_config.encoder_layers,
         init_from=args.init_from, plant=args.plant, renders=args.renders, voice_pitch_jitter=voice_jitter.pitch,
         voice_speed_jitter=voice_jitter.speed, voice_breath_jitter=voice_jitter.breath,
-        prosody_widen=voice_jitter.widen, plain_share=voice_jitter.plain, train_clips=len(train_clips), heldout_clips=len(heldout_clips),
+        prosody_widen=voice_jitter.widen, plain_share=voice_jitter.plain,
+        train_clips=len(train_clips), heldout_clips=len(heldout_clips),
         train_sentences=args.train_sentences, extra_voices=list(extra_voices),
         heldout_sentences=len(build.corpus()["sentences"]["en"]["heldout"]),
         mix=MIX, audio_wins=rule.as_dict() if rule else AUDIO_WINS,

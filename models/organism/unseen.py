@@ -28,7 +28,7 @@ from common.stats import clustered_rate
 from models.adapter import ModelAdapter
 from models.forward import run_traced
 from models.loading import BUILT_IN, load_model
-from models.organism.train import Clip, make_example, named_emotion
+from models.organism.train import Clip, make_example, named_emotion, render_clips, styles
 from stimuli import spec, tts
 from stimuli.spec import SPEC_DIR
 
@@ -45,17 +45,11 @@ def unseen_clips(seed: int = 0, progress: Progress | None = None) -> list[Clip]:
     """Every sentence x style x voice of the unseen renderer, both languages, one seeded prosody draw each."""
     table = renderer()
     rng = np.random.default_rng((seed, 3))
-    jobs = [(sentence, lang, emotion, intensity, voice, int(rng.integers(1 << 30)))
+    jobs = [(sentence, lang, emotion, intensity, voice, int(rng.integers(1 << 30)), tts.VoiceShift())
             for lang in spec.LANGS for voice in table["voices"][lang] for sentence in table["sentences"][lang]
-            for emotion, intensity in ((c.emotion, c.intensity) for c in spec.seed_clips())]
-    task = progress.add_task("rendering the unseen renderer's clips", total=len(jobs)) if progress else None
-    clips = []
-    for sentence, lang, emotion, intensity, voice, draw in jobs:
-        wave = tts.render(sentence, lang, emotion, intensity, voice=voice, jitter_seed=draw, styles=table["styles"])
-        clips.append(Clip(wave, lang, emotion, intensity, sentence, voice))
-        if progress:
-            progress.advance(task)
-    return clips
+            for emotion, intensity in styles()]
+    return render_clips(jobs, "rendering the unseen renderer's clips", progress or Progress(disable=True),
+                        styles=table["styles"])
 
 
 @torch.no_grad()
@@ -87,6 +81,11 @@ def hearing(adapter: ModelAdapter, clips: list[Clip], seed: int = 0, batch_size:
     return result
 
 
+def rate_cell(cell: dict) -> str:
+    """'0.78 [0.70, 0.85] (112/144)': a rate of `hearing` with its interval over clips and its counts."""
+    return f"{cell['rate']:.2f} [{cell['ci95'][0]:.2f}, {cell['ci95'][1]:.2f}] ({cell['k']}/{cell['n']})"
+
+
 def hearing_table(result: dict, model: str) -> Table:
     table = Table(title=f"{model}: hearing the unseen renderer (answer = the voice's emotion; 95% CI over clips)")
     for column in ("language", "condition", "all", "normal", "strong"):
@@ -94,8 +93,7 @@ def hearing_table(result: dict, model: str) -> Table:
     for lang in spec.LANGS:
         for condition in CONDITIONS:
             cells = result[lang][condition]
-            table.add_row(lang, condition, *(f"{c['rate']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}] ({c['k']}/{c['n']})"
-                                             for c in (cells["all"], cells["normal"], cells["strong"])))
+            table.add_row(lang, condition, *(rate_cell(cells[name]) for name in ("all", "normal", "strong")))
     return table
 
 

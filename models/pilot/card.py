@@ -17,6 +17,7 @@ from common.cli import run_main
 from common.errors import ModalflipError
 from models.organism.card import (draw_lens_by_intensity, lens_by_intensity, lens_table, machine, metric_rows,
                                   patch_table)
+from models.organism.unseen import rate_cell
 from probes.logit_lens import largest_rise
 
 HERE = Path(__file__).parent
@@ -54,6 +55,7 @@ def targets(report: dict, summary: dict, unseen: dict) -> list[Target]:
     """The issue's tier-1 and tier-2 targets, each with its measured value and whether it is met."""
     h = report["heldout"]
     langs = summary["langs"]
+    rise = {lang: largest_rise(lens_curve(summary, lang, "conflict")) for lang in langs}
     rows = []
     for lang in langs:
         name = LANG_NAMES.get(lang, lang)
@@ -75,9 +77,8 @@ def targets(report: dict, summary: dict, unseen: dict) -> list[Target]:
             ahead = voice_ahead(summary, lang, condition)
             rows.append(Target(1, f"{name}: {condition.replace('_', '-')} lens, voice ahead (Δ < 0) through most of "
                                   "layers 4–20", f"{ahead} of {len(EARLY)} layers", ahead > len(EARLY) / 2))
-        critical = largest_rise(lens_curve(summary, lang, "conflict"))
-        rows.append(Target(1, f"{name}: the conflict lens's largest rise in layers 20–29", f"layer {critical}",
-                           20 <= critical <= 29))
+        rows.append(Target(1, f"{name}: the conflict lens's largest rise in layers 20–29", f"layer {rise[lang]}",
+                           20 <= rise[lang] <= 29))
     for lang in langs:
         name = LANG_NAMES.get(lang, lang)
         text, audio = flip_rates(summary, lang, "text"), flip_rates(summary, lang, "audio")
@@ -87,9 +88,7 @@ def targets(report: dict, summary: dict, unseen: dict) -> list[Target]:
             Target(2, f"{name}: Patch Text ≥ 0.8 at every layer 5–20", f"min {min(window):.2f}",
                    min(window) >= 0.8),
             Target(2, f"{name}: Patch Text ≤ 0.2 from layer 28", f"max {max(late):.2f}", max(late) <= 0.2),
-            Target(2, f"{name}: the conflict rise in layers 25–29",
-                   f"layer {largest_rise(lens_curve(summary, lang, 'conflict'))}",
-                   25 <= largest_rise(lens_curve(summary, lang, "conflict")) <= 29),
+            Target(2, f"{name}: the conflict rise in layers 25–29", f"layer {rise[lang]}", 25 <= rise[lang] <= 29),
             Target(2, f"{name}: Patch Audio ≤ 0.1 at every layer", f"max {max(audio.values()):.2f}",
                    max(audio.values()) <= 0.1),
         ]
@@ -117,9 +116,8 @@ def unseen_table(unseen: dict) -> str:
     for lang in ("en", "zh"):
         for condition in ("audio_only", "voice"):
             cells = unseen[lang][condition]
-            lines.append(f"| {lang} | {condition} | " + " | ".join(
-                f"{c['rate']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}] ({c['k']}/{c['n']})"
-                for c in (cells["all"], cells["normal"], cells["strong"])) + " |")
+            lines.append(f"| {lang} | {condition} | "
+                         + " | ".join(rate_cell(cells[name]) for name in ("all", "normal", "strong")) + " |")
     return "\n".join(lines)
 
 
@@ -167,7 +165,8 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
         k=k, late=k + report["settle"], size=f"{size:.1f}", command=command(report), minutes=minutes,
         machine=machine(report), seed=report["seed"], steps=report["steps"], train_clips=report["train_clips"],
         heldout_clips=report["heldout_clips"], widen=report.get("prosody_widen", 0),
-        plain=report.get("plain_share", 0), band=report.get("early_band_weight") or 0.0, lens_weight=report["lens_weight"],
+        plain=report.get("plain_share", 0), band=report.get("early_band_weight") or 0.0,
+        lens_weight=report["lens_weight"],
         rule=rule_text(report["audio_wins"]), targets=target_table(rows),
         met1=sum(r.met for r in rows if r.tier == 1), n1=sum(r.tier == 1 for r in rows),
         met2=sum(r.met for r in rows if r.tier == 2), n2=sum(r.tier == 2 for r in rows),
