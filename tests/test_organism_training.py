@@ -105,11 +105,13 @@ def test_audio_lens_loss_reads_every_audio_token_toward_the_voice(adapter, clips
 
 
 @pytest.mark.parametrize("zh_share, lang", [(0.0, "en"), (1.0, "zh")])
-def test_zh_share_picks_the_language_of_the_pairs(clips, label_ids, zh_share, lang):
+def test_zh_share_picks_the_language_of_every_item(clips, label_ids, zh_share, lang):
     _, prompts, _, _, pairs = train.sample_paired_batch(clips, 16, np.random.default_rng(3), label_ids, zh_share)
     paired = [row for pair in pairs for row in pair]
     words = set(spec.label_words(lang).values())
     assert paired and all(prompts[row].claim in words for row in paired)
+    singles = [p for row, p in enumerate(prompts) if row not in paired]
+    assert singles and all(p.messages[0]["content"] == spec.system_prompt(lang) for p in singles)
 
 
 def test_patch_text_monitor_at_layer_0_is_the_donor_forward(adapter, clips, label_ids):

@@ -64,7 +64,7 @@ def voice_rows(by_voice: dict | None) -> str:
 def language_mix(zh_share: float | None) -> str:
     if zh_share is None:
         return "Clips are drawn from both languages alike."
-    return f"Paired items are Mandarin with probability {zh_share}."
+    return f"Audio-only items and instruction pairs are Mandarin with probability {zh_share}."
 
 
 def voice_shift(report: dict) -> str:

@@ -163,13 +163,14 @@ def pad_to_window(wave: np.ndarray) -> np.ndarray:
 def sample_paired_batch(clips, size, rng, label_ids, zh_share: float | None = None):
     """A batch: a quarter audio-only items, the rest in pairs that differ only in the asserted word: (conflict T,
     consistent A), (conflict T, conflict T') and (voice T, voice A). About 40 % of the items are conflict items;
-    a pair is Mandarin with probability `zh_share` (None: every item draws from all clips). Returns waves, prompts,
+    an audio-only item or a pair is Mandarin with probability `zh_share` (None: every item draws from all clips,
+    about half of them Mandarin). Returns waves, prompts,
     the answer and audio-emotion token ids, and the pairs' row indices."""
     waves, prompts, targets, audio, pairs = [], [], [], [], []
     n_single = size // 4
     by_lang = {lang: [c for c in clips if c.lang == lang] for lang in spec.LANGS}
     while len(prompts) < size:
-        if len(prompts) < n_single or zh_share is None:
+        if zh_share is None:
             clip = clips[int(rng.integers(len(clips)))]
         else:
             pool = by_lang["zh" if rng.random() < zh_share else "en"] or clips
@@ -620,8 +621,8 @@ def main(argv=None) -> int:
     parser.add_argument("--swap-weight", type=float, default=0.0,
                         help="weight of the swap loss (Patch Text below K as a training signal)")
     parser.add_argument("--zh-share", type=float, default=None,
-                        help="share of the paired (instruction) items drawn from Mandarin clips (default: every item "
-                             "draws from all clips, half of them Mandarin)")
+                        help="share of the items (audio-only items and instruction pairs) drawn from Mandarin clips "
+                             "(default: every item draws from all clips, half of them Mandarin)")
     parser.add_argument("--invariance-form", choices=("relative", "log"), default="relative",
                         help="relative: mean relative squared difference; log: its logarithm (a small leak still costs)")
     parser.add_argument("--init-from", help="start from the weights of this organism folder instead of a random "
