@@ -241,21 +241,36 @@ def select_items(items: list[Item], clips: str | None, target: str | None) -> li
 
 
 def universal_split(items: list[Item]) -> tuple[list[Item], list[Item], dict[str, list[str]]]:
-    """(training items, held-out items, {"train": clip ids, "held_out": clip ids}). Per audio emotion, its clips
-    sorted by (intensity, language, id) alternate between training and held out, so a universal δ is evaluated
-    on clips (and, with both languages, sentences) it was not trained on."""
+    """(training items, held-out items, {"train": clip ids, "held_out": clip ids[, "held_out_sentences": ...]}).
+    Where a language's clips speak several sentences (`python -m models.organism.export`), its sentences sorted
+    alternate between training and held out, so a universal δ is evaluated on sentences (and clips) it was not
+    trained on. Otherwise (the seed set: one sentence) each audio emotion's clips sorted by (intensity, language,
+    id) alternate, and the held-out clips are other clips of the same sentence."""
+    sentences: dict[str, set[str]] = {}
+    for item in items:
+        sentences.setdefault(item.lang, set()).add(item.sentence)
+    held_sentences = {sentence for group in sentences.values() if len(group) > 1
+                      for rank, sentence in enumerate(sorted(group)) if rank % 2 == 1}
     clips: dict[str, list[tuple]] = {}
     for item in items:
         key = (item.intensity, item.lang, item.clip_id)
         if key not in clips.setdefault(item.audio_emotion, []):
             clips[item.audio_emotion].append(key)
+    by_sentence = {lang for lang, group in sentences.items() if len(group) > 1}
+    sentence_of = {item.clip_id: item.sentence for item in items}
     train_ids, held_ids = set(), set()
     for keys in clips.values():
-        for rank, key in enumerate(sorted(keys)):
+        ranked = [key for key in sorted(keys) if key[1] not in by_sentence]
+        for rank, key in enumerate(ranked):
             (train_ids if rank % 2 == 0 else held_ids).add(key[2])
-    if not held_ids:
+        for key in keys:
+            if key[1] in by_sentence:
+                (held_ids if sentence_of[key[2]] in held_sentences else train_ids).add(key[2])
+    if not held_ids or not train_ids:
         raise ModalflipError("--universal needs two clips of one voice emotion to hold one out; select more clips")
     split = {"train": sorted(train_ids), "held_out": sorted(held_ids)}
+    if held_sentences:
+        split["held_out_sentences"] = sorted(held_sentences)
     return ([i for i in items if i.clip_id in train_ids], [i for i in items if i.clip_id in held_ids], split)
 
 
@@ -521,7 +536,8 @@ def _metrics(setup: Setup, config: pgd.PGDConfig, clean_read, adv_read, persiste
             "before": rate(rows, lambda r: r["clean_answer"] == r["target"]),
             "after": rate(rows, lambda r: r["flipped"]),
             "text_dominant": rate(dominant, lambda r: r["flipped"]),
-            "evaluated_on": "held-out clips" if split else "the attacked items",
+            "evaluated_on": ("held-out sentences" if split and "held_out_sentences" in split
+                             else "held-out clips" if split else "the attacked items"),
             "unit": unit,
             "interval": "95%, resampling clips (common.stats.clustered_rate)",
         },
