@@ -139,6 +139,7 @@ def command(report: dict) -> str:
                f"--voice-speed-jitter {report['voice_speed_jitter']:g}" if report.get("voice_speed_jitter") else "",
                f"--prosody-widen {report['prosody_widen']:g}" if report.get("prosody_widen") else "",
                f"--plain-share {report['plain_share']:g}" if report.get("plain_share") else "",
+               f"--zh-share {report['zh_share']:g}" if report.get("zh_share") is not None else "",
                f"--lr {report['lr']:g} --steps {report['steps']}"]
     if report.get("swap_weight"):
         options.append(f"--swap-weight {report['swap_weight']:g}")
