@@ -70,14 +70,15 @@ APGD_RHO = 0.75  # share of steps between checkpoints that must lower the loss f
 
 @dataclass
 class PGDConfig:
-    """Settings of one attack; the defaults are those of `python run_attack.py` (chosen on the organism, see the
-    README's attack section for the measurements)."""
+    """Settings of one attack; the defaults are those of `python run_attack.py`. The optimiser, loss and steps were
+    chosen by `python -m eval.optimizer_grid` on both built-in organisms (docs/attack-defaults-*.md): APGD, sign PGD
+    and the margin loss flipped as many answers as APGD with cross-entropy, which needs no step size."""
 
     epsilon: float = 0.002  # L∞ bound on δ, full scale 1.0 (0.002 ≈ −54 dBFS, 65 steps of 16-bit audio)
     snr_db: float | None = None  # minimum SNR of x + δ against x, in dB; None = L∞ budget only
     optimizer: str = "apgd"  # "apgd" (step size adapts, starts at 2ε), "pgd" (sign steps), "adam"
-    steps: int = 100  # forward-backward passes per restart (on the organism's English items at ε 0.002, apgd's best
-    # iterates still gained between steps 60 and 80: 7 → 10 of 36 text-dominant answers flipped)
+    steps: int = 150  # forward-backward passes per restart: at ε 0.002 every optimiser's best iterates on both
+    # organisms still gained between steps 100 and 150 (python -m eval.optimizer_grid, docs/attack-defaults-*.md)
     step_size: float = 0.0005  # pgd: sign step; adam: learning rate; absolute, full scale 1 (apgd ignores it)
     schedule: str = "cosine"  # pgd and adam: "cosine" decays the step to a tenth of step_size; "constant"
     restarts: int = 1  # independent runs from random starts in the ball; each group keeps its best δ over all
@@ -89,7 +90,7 @@ class PGDConfig:
     persistence_weight: float = 1.0  # weight of the projection on the target emotion's direction (class gaps)
     lens_weight: float = 1.0  # weight of the logit-lens margin towards the target emotion (logits)
     final_weight: float = 1.0  # weight of the final answer's loss towards the target; 0 = early exit (the
-    # persistence objective alone, which flips none of the organism's text-dominant answers: README, "PGD attack")
+    # persistence objective alone; what it flips on both organisms: docs/attacks.md)
     target_emotion: str | None = None  # None: push each clip towards its own voice's emotion A (untargeted)
     universal: bool = False  # one δ per audio emotion shared by its clips, instead of one δ per clip
     eot: int = 0  # expectation over transformation: random channels (gain, delay, noise) per row; 0 = none
