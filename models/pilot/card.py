@@ -257,6 +257,12 @@ over the receivers' clips):
 - Full attention lets the claim leave the instruction span in the first layers: Patch Text on this model flips
   fewer pairs than conflict items follow the text (the tier-2 rows above).
 
+## Recipes that did not ship
+- More Mandarin (the command above with `--prosody-widen 0.75 --plain-share 0.5 --zh-share 0.6 --steps 800`, commit
+  d48bf8d, 79.8 minutes on one thread): held-out Mandarin audio-only 0.917 (over 0.90), voice-instructed 0.833 (no
+  change); but English strong conflict clips followed the text 1.000 like normal ones (no longer graded), and the
+  unseen renderer was heard 0.74 in English and 0.74 in Mandarin, both under 0.75.
+
 ## Known limits
 - Everything the first organism's card says about the task (easy synthetic emotions, one speaker family, 6 s
   window) holds here.
