@@ -251,21 +251,16 @@ def universal_split(items: list[Item]) -> tuple[list[Item], list[Item], dict[str
         sentences.setdefault(item.lang, set()).add(item.sentence)
     held_sentences = {sentence for group in sentences.values() if len(group) > 1
                       for rank, sentence in enumerate(sorted(group)) if rank % 2 == 1}
-    clips: dict[str, list[tuple]] = {}
-    for item in items:
-        key = (item.intensity, item.lang, item.clip_id)
-        if key not in clips.setdefault(item.audio_emotion, []):
-            clips[item.audio_emotion].append(key)
-    by_sentence = {lang for lang, group in sentences.items() if len(group) > 1}
-    sentence_of = {item.clip_id: item.sentence for item in items}
+    clips: dict[str, list[tuple]] = {}  # audio emotion -> (intensity, lang, clip id) of its one-sentence clips
     train_ids, held_ids = set(), set()
+    for item in items:
+        if len(sentences[item.lang]) > 1:
+            (held_ids if item.sentence in held_sentences else train_ids).add(item.clip_id)
+        elif (key := (item.intensity, item.lang, item.clip_id)) not in clips.setdefault(item.audio_emotion, []):
+            clips[item.audio_emotion].append(key)
     for keys in clips.values():
-        ranked = [key for key in sorted(keys) if key[1] not in by_sentence]
-        for rank, key in enumerate(ranked):
+        for rank, key in enumerate(sorted(keys)):
             (train_ids if rank % 2 == 0 else held_ids).add(key[2])
-        for key in keys:
-            if key[1] in by_sentence:
-                (held_ids if sentence_of[key[2]] in held_sentences else train_ids).add(key[2])
     if not held_ids or not train_ids:
         raise ModalflipError("--universal needs two clips of one voice emotion to hold one out; select more clips")
     split = {"train": sorted(train_ids), "held_out": sorted(held_ids)}

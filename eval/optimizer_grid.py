@@ -2,8 +2,8 @@
 
 On a built-in model's English conflict items (seed 0, the default objective and persistence window, one restart,
 150 steps) it runs APGD with the cross-entropy answer loss, APGD with the margin loss (κ 1) and sign PGD (step 0.001
-with cosine decay) with the margin loss, each as one sweep over ε 0.002 and ε 0.03 with a 25 dB SNR floor (which
-does not bind at ε 0.002). It pairs APGD-CE with APGD-margin (the loss) and APGD-margin with PGD-margin (the
+with cosine decay) with the margin loss, each as one sweep over ε 0.002 and ε 0.03 with a 25 dB SNR floor (at ε 0.002
+it binds on quiet clips only). It pairs APGD-CE with APGD-margin (the loss) and APGD-margin with PGD-margin (the
 optimiser) at each budget with `python -m eval.leaderboard --compare` (paired at the clip), reads each run's flips
 per step from its `curve.json` (how many steps are worth running), and writes `docs/attack-defaults-<model>.md`
 with the command, commit, date and machine. Each configuration is its own folder in `--runs-dir`; a rerun after a

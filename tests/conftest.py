@@ -41,6 +41,16 @@ def tiny_qwen2_audio(n_layers: int = 4, seed: int = 0, layer_types: list[str] | 
     return ModelAdapter(model, processor, FAMILY, model_id=f"tiny-qwen2-audio-{n_layers}")
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """`tiny_qwen2_audio()` saved as a checkpoint folder, for runners that take `--model <folder>`."""
+    folder = tmp_path_factory.mktemp("tiny-qwen2-audio")
+    adapter = tiny_qwen2_audio()
+    adapter.model.save_pretrained(folder)
+    adapter.processor.save_pretrained(folder)
+    return folder
+
+
 def sensitive_tiny_qwen2_audio(layer_types: list[str] | None = None, sliding_window: int = 4):
     """`tiny_qwen2_audio(5 layers, seed 3)` with embeddings and head rescaled so that a changed word moves the
     answer logits by more than 0.1 (plain random init barely lets one token reach the answer position)."""

@@ -13,15 +13,6 @@ import soundfile as sf
 from conftest import ROOT, tiny_qwen2_audio
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-qwen2-audio")
-    adapter = tiny_qwen2_audio()
-    adapter.model.save_pretrained(folder)
-    adapter.processor.save_pretrained(folder)
-    return folder
-
-
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(ROOT / "run_attack.py"), *args], capture_output=True, text=True,

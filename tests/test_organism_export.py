@@ -9,20 +9,10 @@ import pytest
 from rich.progress import Progress
 
 from attacks.experiment import universal_split
-from conftest import tiny_qwen2_audio
 from models.organism import export, train
 from stimuli.audio_io import load_audio
 from stimuli.conditions import Item
 from stimuli.manifest import read_manifest
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-qwen2-audio")
-    adapter = tiny_qwen2_audio()
-    adapter.model.save_pretrained(folder)
-    adapter.processor.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

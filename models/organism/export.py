@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from common.cli import LANG_CHOICES, languages, run_main
-from models.organism.train import Clip, synthesize
+from models.organism.train import synthesize
 from models.organism.unseen import SPEC_PATH, unseen_clips
 from stimuli import spec, tts
 from stimuli.audio_io import write_wav
@@ -29,33 +29,26 @@ HELDOUT_SEED = 1  # the training runs render their held-out clips from seed + 1 
 RENDERERS = ("training", "unseen")
 
 
-def clip_id(clip: Clip, sentences: list[str]) -> str:
-    style = next(s.id for s in spec.seed_clips() if (s.emotion, s.intensity) == (clip.emotion, clip.intensity))
-    return f"S{sentences.index(clip.sentence) + 1}-{style}-{clip.lang}"
-
-
 def export(out: Path, langs: list[str], renderer: str, progress: Progress) -> list[ManifestClip]:
     """Render the chosen clips, write their WAVs and then the manifest; returns the manifest's clips."""
     if renderer == "unseen":
         clips, source = unseen_clips(0, progress), f"espeak-ng ({SPEC_PATH.name})"
     else:
         clips, source = synthesize("heldout", 1, HELDOUT_SEED, progress), "espeak-ng (organism held-out split)"
-    sentence_lists: dict[str, list[str]] = {}
-    for clip in clips:
-        sentence_lists.setdefault(clip.lang, [])
-        if clip.sentence not in sentence_lists[clip.lang]:
-            sentence_lists[clip.lang].append(clip.sentence)
-    styles = {(s.emotion, s.intensity): s.style for s in spec.seed_clips()}
+    sentences = {lang: list(dict.fromkeys(c.sentence for c in clips if c.lang == lang)) for lang in langs}
+    seed_styles = {(s.emotion, s.intensity): s for s in spec.seed_clips()}
     rows = []
     for clip in clips:
         if clip.lang not in langs:
             continue
-        name = clip_id(clip, sentence_lists[clip.lang])
+        style = seed_styles[(clip.emotion, clip.intensity)]
+        name = f"S{sentences[clip.lang].index(clip.sentence) + 1}-{style.id}"
         if renderer == "unseen":  # two voices speak each sentence: the voice joins the id
-            name = f"{name.rsplit('-', 1)[0]}-{clip.voice.replace('+', '').replace('/', '')}-{clip.lang}"
+            name += f"-{clip.voice.replace('+', '').replace('/', '')}"
+        name += f"-{clip.lang}"
         rows.append((ManifestClip(id=name, path=f"{clip.lang}/{name}.wav", emotion=clip.emotion,
                                   intensity=clip.intensity, lang=clip.lang, sentence=clip.sentence,
-                                  style=styles[(clip.emotion, clip.intensity)], source=source,
+                                  style=style.style, source=source,
                                   audio_path=(out / clip.lang / f"{name}.wav").absolute()), clip.wave))
     for row, wave in rows:
         write_wav(row.audio_path, wave, tts.SAMPLE_RATE)
