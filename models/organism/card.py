@@ -4,6 +4,7 @@ training report (`model/training_report.json`) and, when present, the probe run 
 `figures/lens_by_intensity.png` from the report's held-out lens curves."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -215,6 +216,7 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
 
 
 def main(argv=None) -> int:
+    argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__).parse_args(argv)
     atomic_write_text(CARD_PATH, render())
     print(f"wrote {CARD_PATH}")
     return 0

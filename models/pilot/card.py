@@ -5,6 +5,7 @@ report (`model/training_report.json`), the probes (`figures/summary.json`, made 
 of the issue's targets against them."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -177,6 +178,7 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
 
 
 def main(argv=None) -> int:
+    argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__).parse_args(argv)
     atomic_write_text(CARD_PATH, render())
     print(f"wrote {CARD_PATH}")
     return 0
