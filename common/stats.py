@@ -20,7 +20,7 @@ UNIT_CLIP = "clip"
 EXACT_SIGN_FLIP_LIMIT = 16  # clusters up to which the sign-flip test enumerates all 2^n sign patterns
 
 
-def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+def wilson_interval(successes: float, trials: int, z: float = 1.959964) -> tuple[float, float]:
     """Wilson score interval (95% by default) for a binomial rate; (0, 1) when there are no trials."""
     if trials <= 0:
         return 0.0, 1.0
@@ -98,9 +98,10 @@ def clustered_rate(successes: Sequence[bool], clusters: Sequence, unit: str = UN
                    seed: int = 0, level: float = 0.95) -> RateInterval:
     """The share of `successes` with a percentile cluster-bootstrap interval over `clusters` (one label per item).
 
-    Where every cluster has the same rate (all 0 or all 1, or a single cluster) the bootstrap has no spread to
-    show and would print a zero-width interval; the Wilson interval of (clusters with a success) / (clusters) is
-    reported there instead: with 0 of 18 clips flipped, the rate is bounded by what 18 independent clips can say.
+    Where every cluster has the same rate (all 0, all 1, a quarter of each clip's items, or a single cluster) the
+    bootstrap has no spread to show and would print a zero-width interval; the Wilson interval of that rate over
+    as many trials as there are clusters is reported instead: with 0 of 18 clips flipped, the rate is bounded by
+    what 18 independent clips can say, and with 1 of 4 items in each of 9 clips, by what 9 clips at 0.25 can say.
     """
     flags = np.asarray(successes, dtype=np.float64).reshape(-1)
     n = len(flags)
@@ -110,8 +111,7 @@ def clustered_rate(successes: Sequence[bool], clusters: Sequence, unit: str = UN
     k = int(flags.sum())
     per_cluster = sums / counts
     if np.ptp(per_cluster) == 0:
-        hit = int((sums > 0).sum())
-        low, high = wilson_interval(hit, len(counts))
+        low, high = wilson_interval(float(per_cluster[0]) * len(counts), len(counts))
         return RateInterval(k, n, k / n, low, high, unit, len(counts), "Wilson over units")
     low, high = _bootstrap_ratio(sums, counts, n_boot, seed, level)
     return RateInterval(k, n, k / n, float(low), float(high), unit, len(counts), "cluster bootstrap")

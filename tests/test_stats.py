@@ -43,6 +43,13 @@ def test_a_rate_equal_in_every_clip_gets_the_wilson_interval_over_clips():
     assert nothing.high > 0.1  # 18 clips cannot rule out a 10 % rate
 
 
+def test_a_fractional_rate_equal_in_every_clip_gets_an_interval_around_it():
+    quarter = clustered_rate([i % 4 == 0 for i in range(36)], [f"c{i // 4}" for i in range(36)])
+    assert quarter.rate == 0.25 and quarter.method == "Wilson over units"
+    assert quarter.low < 0.25 < quarter.high
+    assert (quarter.low, quarter.high) == pytest.approx(wilson_interval(2.25, 9))
+
+
 def test_paired_test_counts_clips_not_items():
     flags, clips = _three_clips_flip()
     result = paired_cluster_test(flags, [0] * 72, clips)
