@@ -38,3 +38,17 @@ def test_hearing_counts_each_clip_once_per_condition_per_language(organism):
         assert cell["normal"]["n"] + cell["strong"]["n"] == cell["all"]["n"]
         assert 0 <= cell["all"]["ci95"][0] <= cell["all"]["rate"] <= cell["all"]["ci95"][1] <= 1
     assert np.isfinite(result["en"]["voice"]["all"]["rate"])
+    # the answers per style are the confusion behind the rates: they add up to the items and the hits
+    for lang in spec.LANGS:
+        for condition in ("audio_only", "voice"):
+            styles = result["answers"][lang][condition]
+            assert sum(sum(counts.values()) for counts in styles.values()) == result[lang][condition]["all"]["n"]
+            hits = sum(counts.get(style.split("/")[0], 0) for style, counts in styles.items())
+            assert hits == result[lang][condition]["all"]["k"]
+
+
+def test_misreadings_name_the_styles_heard_as_another_emotion_largest_first():
+    result = {"answers": {"zh": {"audio_only": {
+        "fearful/strong": {"happy": 11, "fearful": 5}, "sad/normal": {"neutral": 7, "sad": 8, "fearful": 1},
+        "angry/strong": {"angry": 13, "happy": 3}}}}}
+    assert unseen.misreadings(result, "zh") == ["fearful/strong as happy 11 of 16", "sad/normal as neutral 7 of 16"]

@@ -1,10 +1,11 @@
 """Hearing beyond the training renderer: `python -m models.organism.unseen --model organism-pilot`.
 
 Renders the clips of `stimuli/spec/prosody_unseen.json`, a second eSpeak NG renderer that no training run uses
-(another mapping of the nine styles to pitch, range, rate, volume and effects, other sentences, each language's
-seed voice and its held-out variant; one prosody draw per clip), and measures how a built-in model hears them:
-audio-only and voice-instructed accuracy (answer = the voice's emotion A) per language and intensity. Every clip
-gives one item per condition, so the 95% intervals over clips are Wilson intervals (`common.stats.clustered_rate`).
+(another mapping of the nine styles to pitch, range, rate and volume, without the training renderer's DSP effects,
+other sentences, each language's seed voice and its held-out variant; one prosody draw per clip), and measures how a
+built-in model hears them: audio-only and voice-instructed accuracy (answer = the voice's emotion A) per language
+and intensity, and what it answered for each style (`answers`, the confusion behind the rates). Every clip gives
+one item per condition, so the 95% intervals over clips are Wilson intervals (`common.stats.clustered_rate`).
 Writes `unseen_renderer.json` into the model's figures folder (or `--out`) and prints a table.
 """
 from __future__ import annotations
@@ -62,23 +63,47 @@ def hearing(adapter: ModelAdapter, clips: list[Clip], seed: int = 0, batch_size:
     rng = np.random.default_rng(seed)
     rows = [(i, clip, condition, make_example(clip, condition, rng, paraphrase=0)[0])
             for i, clip in enumerate(kept) for condition in CONDITIONS]
-    hits = []
+    answers = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         batch = adapter.build_batch([clip.wave for _, clip, _, _ in chunk], [prompt for *_, prompt in chunk])
         logits = run_traced(adapter, batch, logits_at=batch.answer_positions()).logits
         for (i, clip, condition, _), vector in zip(chunk, logits):
-            hits.append((i, clip, condition, named_emotion(vector, label_ids[clip.lang]) == clip.emotion))
-    result = {"dropped": len(clips) - len(kept), "unit": "clip"}
+            answers.append((i, clip, condition, named_emotion(vector, label_ids[clip.lang])))
+    result = {"dropped": len(clips) - len(kept), "unit": "clip", "answers": answer_counts(answers)}
     for lang in spec.LANGS:
         result[lang] = {}
         for condition in CONDITIONS:
-            mine = [(i, clip, ok) for i, clip, cond, ok in hits if clip.lang == lang and cond == condition]
+            mine = [(i, clip, answer == clip.emotion) for i, clip, cond, answer in answers
+                    if clip.lang == lang and cond == condition]
             cells = {"all": mine, "normal": [m for m in mine if m[1].intensity == "normal"],
                      "strong": [m for m in mine if m[1].intensity == "strong"]}
             result[lang][condition] = {name: clustered_rate([ok for *_, ok in sub], [i for i, *_ in sub]).as_dict()
                                        for name, sub in cells.items()}
     return result
+
+
+def answer_counts(answers: list[tuple[int, Clip, str, str]]) -> dict:
+    """{lang: {condition: {"emotion/intensity": {answer: clips}}}}: what the model answered for each style (the
+    confusion behind the rates; one clip is one item per condition)."""
+    counts: dict = {}
+    for _, clip, condition, answer in answers:
+        style = counts.setdefault(clip.lang, {}).setdefault(condition, {}).setdefault(
+            f"{clip.emotion}/{clip.intensity}", {})
+        style[answer] = style.get(answer, 0) + 1
+    return counts
+
+
+def misreadings(result: dict, lang: str, condition: str = "audio_only", least: float = 0.25) -> list[str]:
+    """The styles most often heard as another emotion: 'fearful/strong as happy 11 of 16', every (style, wrong
+    answer) that takes at least `least` of the style's clips, the largest first."""
+    found = []
+    for style, counts in result["answers"][lang][condition].items():
+        total = sum(counts.values())
+        for answer, n in counts.items():
+            if answer != style.split("/")[0] and n >= least * total:
+                found.append((n / total, f"{style} as {answer} {n} of {total}"))
+    return [text for _, text in sorted(found, key=lambda pair: -pair[0])]
 
 
 def rate_cell(cell: dict) -> str:
@@ -121,6 +146,8 @@ def main(argv=None) -> int:
     result.update(model=args.model, renderer=str(SPEC_PATH.relative_to(SPEC_DIR.parent.parent)), seed=args.seed)
     atomic_write_json(out, result)
     console.print(hearing_table(result, args.model))
+    for lang in spec.LANGS:
+        console.print(f"{lang}, audio-only, misheard: {'; '.join(misreadings(result, lang)) or 'no style often'}")
     console.print(f"wrote {out}")
     return 0
 
