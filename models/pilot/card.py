@@ -287,8 +287,9 @@ over the receivers' clips):
   unseen renderer was heard 0.74 in English and 0.74 in Mandarin, both under 0.75.
 - More Mandarin as a second stage (these weights trained further by the command above with
   `--init-from models/pilot/model --zh-share 0.6 --lr 5e-4 --steps 200` and `--plain-share` 0.4 or 0.6; commit
-  a87db18, 23 minutes each on one thread with the other core busy): held-out Mandarin audio-only 0.875 / 0.861 (no gain), voice-instructed 0.903 / 0.847;
-  strong conflict clips followed the text 1.000 in English in both, so the grading was lost.
+  a87db18, 23 minutes each on one thread with the other core busy): held-out Mandarin audio-only 0.875 / 0.861
+  (no gain), voice-instructed 0.903 / 0.847; strong conflict clips followed the text 1.000 in English in both, so
+  the grading was lost.
 
 ## Known limits
 - Everything the first organism's card says about the task (easy synthetic emotions, one speaker family, 6 s
