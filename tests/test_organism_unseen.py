@@ -6,7 +6,7 @@ import json
 import numpy as np
 from rich.progress import Progress
 
-from models.organism import build, unseen
+from models.organism import build, train, unseen
 from stimuli import spec, tts
 
 
@@ -52,3 +52,14 @@ def test_misreadings_name_the_styles_heard_as_another_emotion_largest_first():
         "fearful/strong": {"happy": 11, "fearful": 5}, "sad/normal": {"neutral": 7, "sad": 8, "fearful": 1},
         "angry/strong": {"angry": 13, "happy": 3}}}}}
     assert unseen.misreadings(result, "zh") == ["fearful/strong as happy 11 of 16", "sad/normal as neutral 7 of 16"]
+
+
+def test_plain_renders_are_the_cards_held_out_clips_without_the_effects():
+    with Progress(disable=True) as progress:
+        plain = unseen.plain_clips(seed=0, progress=progress)
+        styled = train.synthesize("heldout", 1, 1, progress)
+    assert [(c.lang, c.sentence, c.voice, c.emotion, c.intensity) for c in plain] == \
+           [(c.lang, c.sentence, c.voice, c.emotion, c.intensity) for c in styled]
+    # strong fearful carries tremolo, vibrato and breath in the training renderer; its plain render has none
+    fearful = [i for i, c in enumerate(styled) if (c.emotion, c.intensity) == ("fearful", "strong")]
+    assert all(not np.array_equal(plain[i].wave, styled[i].wave) for i in fearful)

@@ -6,7 +6,9 @@ other sentences, each language's seed voice and its held-out variant; one prosod
 built-in model hears them: audio-only and voice-instructed accuracy (answer = the voice's emotion A) per language
 and intensity, and what it answered for each style (`answers`, the confusion behind the rates). Every clip gives
 one item per condition, so the 95% intervals over clips are Wilson intervals (`common.stats.clustered_rate`).
-Writes `unseen_renderer.json` into the model's figures folder (or `--out`) and prints a table.
+Writes `unseen_renderer.json` into the model's figures folder (or `--out`) and prints a table. `--clips plain`
+measures the same on the model card's held-out clips rendered by the training renderer without its effects
+(`plain_renders.json`): whether what is misheard on the second renderer is misheard on plain prosody already.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from common.stats import clustered_rate
 from models.adapter import ModelAdapter
 from models.forward import run_traced
 from models.loading import BUILT_IN, load_model
-from models.organism.train import Clip, make_example, named_emotion, render_clips, styles
+from models.organism.train import (Clip, VoiceJitter, make_example, named_emotion, render_clips, styles,
+                                   synthesize)
 from stimuli import spec, tts
 from stimuli.spec import SPEC_DIR
 
@@ -51,6 +54,13 @@ def unseen_clips(seed: int = 0, progress: Progress | None = None) -> list[Clip]:
             for emotion, intensity in styles()]
     return render_clips(jobs, "rendering the unseen renderer's clips", progress or Progress(disable=True),
                         styles=table["styles"])
+
+
+def plain_clips(seed: int = 0, progress: Progress | None = None) -> list[Clip]:
+    """The model cards' held-out clips (other sentences, the held-out voice of each language, drawn as a training
+    run of seed `seed` draws them) rendered by the training renderer without the styles' effects (pauses, tremolo,
+    vibrato, breath, drive): what eSpeak's pitch, range, rate and volume alone carry of each style."""
+    return synthesize("heldout", 1, seed + 1, progress or Progress(disable=True), VoiceJitter(plain=1.0))
 
 
 @torch.no_grad()
@@ -112,7 +122,8 @@ def rate_cell(cell: dict) -> str:
 
 
 def hearing_table(result: dict, model: str) -> Table:
-    table = Table(title=f"{model}: hearing the unseen renderer (answer = the voice's emotion; 95% CI over clips)")
+    heard = "the unseen renderer" if result.get("clips", "unseen") == "unseen" else "plain renders of held-out clips"
+    table = Table(title=f"{model}: hearing {heard} (answer = the voice's emotion; 95% CI over clips)")
     for column in ("language", "condition", "all", "normal", "strong"):
         table.add_column(column)
     for lang in spec.LANGS:
@@ -122,28 +133,37 @@ def hearing_table(result: dict, model: str) -> Table:
     return table
 
 
-def default_out(model: str) -> Path:
+OUT_NAMES = {"unseen": "unseen_renderer.json", "plain": "plain_renders.json"}
+
+
+def default_out(model: str, clips: str = "unseen") -> Path:
     if model not in BUILT_IN:
         raise ModalflipError("--out is needed for a model that is not built in")
-    return BUILT_IN[model].parent / "figures" / "unseen_renderer.json"
+    return BUILT_IN[model].parent / "figures" / OUT_NAMES[clips]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.organism.unseen", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="organism", help="a built-in model name or a checkpoint folder")
     parser.add_argument("--out", default=None, help="JSON to write (default: the built-in model's figures folder)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clips", choices=tuple(OUT_NAMES), default="unseen",
+                        help="unseen: the second renderer's clips; plain: the model card's held-out clips rendered by "
+                             "the training renderer without its effects (written to plain_renders.json)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="prosody draws; with --clips plain, the training seed whose held-out split is rendered")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else default_out(args.model)
+    out = Path(args.out) if args.out else default_out(args.model, args.clips)
     torch.set_num_threads(args.threads)
     adapter = load_model(args.model, device="cpu")
     console = Console()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as progress:
-        clips = unseen_clips(args.seed, progress)
+        clips = (unseen_clips if args.clips == "unseen" else plain_clips)(args.seed, progress)
     result = hearing(adapter, clips, args.seed)
-    result.update(model=args.model, renderer=str(SPEC_PATH.relative_to(SPEC_DIR.parent.parent)), seed=args.seed)
+    rendered = (str(SPEC_PATH.relative_to(SPEC_DIR.parent.parent)) if args.clips == "unseen"
+                else "stimuli/spec/prosody.json without the styles' effects (held-out split)")
+    result.update(model=args.model, renderer=rendered, clips=args.clips, seed=args.seed)
     atomic_write_json(out, result)
     console.print(hearing_table(result, args.model))
     for lang in spec.LANGS:

@@ -20,6 +20,7 @@ from models.organism.card import (draw_lens_by_intensity, lens_by_intensity, len
                                   patch_table)
 from models.organism.unseen import misreadings, rate_cell, renderer
 from probes.logit_lens import largest_rise
+from stimuli.spec import SPEC_DIR
 
 HERE = Path(__file__).parent
 MODEL_DIR = HERE / "model"
@@ -131,14 +132,26 @@ def misheard_text(unseen: dict) -> str:
              "`figures/unseen_renderer.json`):"]
     for lang in ("en", "zh"):
         lines.append(f"- {LANG_NAMES[lang]}: {'; '.join(misreadings(unseen, lang)) or 'none'}.")
-    styles = renderer()["styles"]
+    plain_path = FIGURES_DIR / "plain_renders.json"
+    if plain_path.is_file():
+        plain = json.loads(plain_path.read_text())
+        rates = ", ".join(f"{LANG_NAMES[lang]} {rate_cell(plain[lang]['audio_only']['all'])}" for lang in ("en", "zh"))
+        lines += ["", "The same styles on plain prosody: the card's held-out clips rendered by the training renderer "
+                  "without its effects (`python -m models.organism.unseen --model organism-pilot --clips plain`, "
+                  f"`figures/plain_renders.json`) are heard audio-only at {rates}; heard as another emotion:"]
+        lines += [f"- {LANG_NAMES[lang]}: {'; '.join(misreadings(plain, lang)) or 'none'}." for lang in ("en", "zh")]
+    specs = {"training": json.loads((SPEC_DIR / "prosody.json").read_text(encoding="utf-8"))["styles"],
+             "unseen": renderer()["styles"]}
 
-    def knobs(style: str) -> str:
-        return ", ".join(f"{knob} {styles[style][knob][0]}–{styles[style][knob][1]}" for knob in ("pitch", "range"))
+    def knobs(name: str, style: str) -> str:
+        return ", ".join(f"{knob} {specs[name][style][knob][0]}–{specs[name][style][knob][1]}"
+                         for knob in ("pitch", "range"))
 
-    lines += ["", "Without the training renderer's tremolo, vibrato and breath, the unseen renderer's strong fearful "
-              f"and strong happy styles lie close in eSpeak's pitch and range (fearful: {knobs('fearful/strong')}; "
-              f"happy: {knobs('happy/strong')}).", ""]
+    spans = "; ".join(f"{name}: fearful {knobs(name, 'fearful/strong')}, happy {knobs(name, 'happy/strong')}"
+                      for name in specs)
+    lines += ["", "In both renderers strong fearful and strong happy lie close in eSpeak's pitch and range "
+              f"({spans}); the training renderer tells them apart by its effects (tremolo, vibrato, breath), which "
+              "plain renders and the unseen renderer lack.", ""]
     return "\n".join(lines)
 
 
