@@ -150,9 +150,44 @@ def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
     return output
 
 
+def _claimed(storage: str, name: str, pid: int) -> bool:
+    """Whether the worker process `pid` holds or has finished a trial of the study `name`."""
+    try:
+        trials = optuna.load_study(study_name=name, storage=studies.open_storage(storage)).get_trials()
+    except Exception:  # the study or its tables are not there yet: not claimed
+        return False
+    return any(t.user_attrs.get("worker", "").split("/")[1:2] == [str(pid)] for t in trials)
+
+
+def _throttled_until(proc: subprocess.Popen, condition, timeout: float = 120) -> None:
+    """Run `proc` at about 1 % of its speed (SIGSTOP 1 s, SIGCONT 0.01 s) until `condition()` holds: a worker
+    stalled by a busy machine (a tiny model's trial takes well under a second, so anything faster lets it finish
+    the study alone). Each pause is short, so a lock it holds (the journal file's, a database row's) is released
+    within a cycle or two and the other worker never waits for long."""
+    deadline = time.time() + timeout
+    try:
+        while not condition():
+            assert time.time() < deadline, "timed out"
+            os.kill(proc.pid, signal.SIGSTOP)
+            time.sleep(1.0)
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.01)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+
+
 def _two_workers(tiny_dir, tmp_path, storage: str, trials: int, name: str = "shared", report: bool = True) -> list:
-    workers = [_worker(tiny_dir, tmp_path / f"worker{k}", trials, seed=k, storage=storage, name=name,
-                       extra=[] if report else ["--worker"]) for k in range(2)]
+    """Two workers on one study, made to overlap whatever the machine's speed: once the first holds a trial it runs
+    throttled until the second holds one too; both then run to the study's total."""
+    extra = [] if report else ["--worker"]
+    first = _worker(tiny_dir, tmp_path / "worker0", trials, seed=0, storage=storage, name=name, extra=extra)
+    deadline = time.time() + 120
+    while not (_claimed(storage, name, first.pid) or first.poll() is not None):
+        assert time.time() < deadline, "the first worker never took a trial"
+        time.sleep(0.05)
+    second = _worker(tiny_dir, tmp_path / "worker1", trials, seed=1, storage=storage, name=name, extra=extra)
+    _throttled_until(first, lambda: _claimed(storage, name, second.pid) or second.poll() is not None)
+    workers = [first, second]
     for proc in workers:
         _finish(proc)
     study = optuna.load_study(study_name=name, storage=studies.open_storage(storage))
@@ -162,7 +197,9 @@ def _two_workers(tiny_dir, tmp_path, storage: str, trials: int, name: str = "sha
     assert len([t for t in trials_ if t.state in COUNTED]) == trials
     assert not [t for t in trials_ if t.state == TrialState.RUNNING]
     workers = {t.user_attrs["worker"] for t in trials_ if t.state in COUNTED}
-    assert len(workers) == 2, "one worker ran every trial: the two did not overlap"
+    assert len(workers) == 2, ("one worker ran every trial: the two did not overlap "
+                               f"{[(t.number, t.state.name, t.user_attrs.get('worker')) for t in trials_]} "
+                               f"pids {first.pid} {second.pid}")
     for k in range(2):
         path = tmp_path / f"worker{k}" / "best_prompts.json"
         assert path.exists() == report
