@@ -55,7 +55,7 @@ class VoiceShift:
 
 
 @lru_cache(maxsize=None)
-def _prosody_spec() -> dict:
+def prosody_spec() -> dict:
     return json.loads((SPEC_DIR / "prosody.json").read_text(encoding="utf-8"))
 
 
@@ -65,7 +65,7 @@ def style_key(emotion: str, intensity: str) -> str:
 
 
 def voices(lang: str) -> list[str]:
-    return list(_prosody_spec()["voices"][check_lang(lang)]["variants"])
+    return list(prosody_spec()["voices"][check_lang(lang)]["variants"])
 
 
 def variant_voice(lang: str, variant: str) -> str:
@@ -74,7 +74,7 @@ def variant_voice(lang: str, variant: str) -> str:
     shipped = espeak.variants()
     if variant not in shipped:
         raise ModalflipError(f"eSpeak NG has no voice variant {variant!r}; it has {', '.join(shipped)}")
-    return f"{_prosody_spec()['voices'][check_lang(lang)]['seed']}+{variant}"
+    return f"{prosody_spec()['voices'][check_lang(lang)]['seed']}+{variant}"
 
 
 # the values eSpeak NG and the effects accept; a widened range is clipped to them
@@ -88,7 +88,7 @@ def draw_prosody(emotion: str, intensity: str, rng: np.random.Generator | None, 
     """Midpoints of the style's ranges when `rng` is None, else a uniform draw inside them, each range first
     widened by `widen` times its width on either side (clipped to what eSpeak NG and the effects accept).
     `styles` replaces the `styles` table of `spec/prosody.json` (another renderer's mapping)."""
-    ranges = (styles or _prosody_spec()["styles"])[style_key(emotion, intensity)]
+    ranges = (styles or prosody_spec()["styles"])[style_key(emotion, intensity)]
     values = {}
     for name, (lo, hi) in ranges.items():
         lo, hi = lo - widen * (hi - lo), hi + widen * (hi - lo)
@@ -114,7 +114,7 @@ def render(sentence: str, lang: str, emotion: str, intensity: str, voice: str | 
     prosody = draw_prosody(emotion, intensity, rng, widen, styles)
     if shift.plain:
         prosody = plain(prosody)
-    voice = voice or _prosody_spec()["voices"][check_lang(lang)]["seed"]
+    voice = voice or prosody_spec()["voices"][check_lang(lang)]["seed"]
     effect_rng = rng if rng is not None else np.random.default_rng(0)
     n_words = max(1, len(sentence.split(" ")) if " " in sentence.strip() else len(sentence))
     n_pauses = int(round(prosody.pauses))

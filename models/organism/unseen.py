@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -122,7 +124,7 @@ def rate_cell(cell: dict) -> str:
 
 
 def hearing_table(result: dict, model: str) -> Table:
-    heard = "the unseen renderer" if result.get("clips", "unseen") == "unseen" else "plain renders of held-out clips"
+    heard = CLIP_SETS[result.get("clips", "unseen")].heard
     table = Table(title=f"{model}: hearing {heard} (answer = the voice's emotion; 95% CI over clips)")
     for column in ("language", "condition", "all", "normal", "strong"):
         table.add_column(column)
@@ -133,7 +135,24 @@ def hearing_table(result: dict, model: str) -> Table:
     return table
 
 
-OUT_NAMES = {"unseen": "unseen_renderer.json", "plain": "plain_renders.json"}
+@dataclass(frozen=True)
+class ClipSet:
+    """A set of clips `--clips` can name: how it is rendered, the JSON it is written to in a built-in model's figures
+    folder, its renderer in words and its title in the table."""
+    render: Callable[[int, Progress], list[Clip]]
+    out_name: str
+    renderer: str
+    heard: str
+
+
+CLIP_SETS = {
+    "unseen": ClipSet(unseen_clips, "unseen_renderer.json", str(SPEC_PATH.relative_to(SPEC_DIR.parent.parent)),
+                      "the unseen renderer"),
+    "plain": ClipSet(plain_clips, "plain_renders.json",
+                     "stimuli/spec/prosody.json without the styles' effects (held-out split)",
+                     "plain renders of held-out clips"),
+}
+OUT_NAMES = {name: clip_set.out_name for name, clip_set in CLIP_SETS.items()}
 
 
 def default_out(model: str, clips: str = "unseen") -> Path:
@@ -146,7 +165,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.organism.unseen", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="organism", help="a built-in model name or a checkpoint folder")
     parser.add_argument("--out", default=None, help="JSON to write (default: the built-in model's figures folder)")
-    parser.add_argument("--clips", choices=tuple(OUT_NAMES), default="unseen",
+    parser.add_argument("--clips", choices=tuple(CLIP_SETS), default="unseen",
                         help="unseen: the second renderer's clips; plain: the model card's held-out clips rendered by "
                              "the training renderer without its effects (written to plain_renders.json)")
     parser.add_argument("--seed", type=int, default=0,
@@ -159,11 +178,9 @@ def main(argv=None) -> int:
     console = Console()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as progress:
-        clips = (unseen_clips if args.clips == "unseen" else plain_clips)(args.seed, progress)
+        clips = CLIP_SETS[args.clips].render(args.seed, progress)
     result = hearing(adapter, clips, args.seed)
-    rendered = (str(SPEC_PATH.relative_to(SPEC_DIR.parent.parent)) if args.clips == "unseen"
-                else "stimuli/spec/prosody.json without the styles' effects (held-out split)")
-    result.update(model=args.model, renderer=rendered, clips=args.clips, seed=args.seed)
+    result.update(model=args.model, renderer=CLIP_SETS[args.clips].renderer, clips=args.clips, seed=args.seed)
     atomic_write_json(out, result)
     console.print(hearing_table(result, args.model))
     for lang in spec.LANGS:

@@ -18,9 +18,9 @@ from common.cli import run_main
 from common.errors import ModalflipError
 from models.organism.card import (draw_lens_by_intensity, lens_by_intensity, lens_table, machine, metric_rows,
                                   patch_table)
-from models.organism.unseen import misreadings, rate_cell, renderer
+from models.organism.unseen import OUT_NAMES, misreadings, rate_cell, renderer
 from probes.logit_lens import largest_rise
-from stimuli.spec import SPEC_DIR
+from stimuli.tts import prosody_spec
 
 HERE = Path(__file__).parent
 MODEL_DIR = HERE / "model"
@@ -123,25 +123,27 @@ def unseen_table(unseen: dict) -> str:
     return "\n".join(lines)
 
 
-def misheard_text(unseen: dict) -> str:
-    """The audio-only styles the unseen renderer's clips are most often heard as (a quarter of a style's clips or
-    more), per language; "" for a result written before the answers were recorded."""
+def misread_lines(result: dict) -> list[str]:
+    """One line per language: the audio-only styles of a hearing result (`models.organism.unseen`) heard as another
+    emotion on a quarter of their clips or more."""
+    return [f"- {LANG_NAMES[lang]}: {'; '.join(misreadings(result, lang)) or 'none'}." for lang in ("en", "zh")]
+
+
+def misheard_text(unseen: dict, plain: dict | None) -> str:
+    """What the unseen renderer's clips and, when measured, the plain renders of the held-out clips are heard as,
+    beside both renderers' pitch and range for strong fearful and happy; "" for a result written before the answers
+    were recorded."""
     if "answers" not in unseen:
         return ""
     lines = ["", "Heard as another emotion (audio-only, a quarter of a style's clips or more; `answers` in "
-             "`figures/unseen_renderer.json`):"]
-    for lang in ("en", "zh"):
-        lines.append(f"- {LANG_NAMES[lang]}: {'; '.join(misreadings(unseen, lang)) or 'none'}.")
-    plain_path = FIGURES_DIR / "plain_renders.json"
-    if plain_path.is_file():
-        plain = json.loads(plain_path.read_text())
+             f"`figures/{OUT_NAMES['unseen']}`):", *misread_lines(unseen)]
+    if plain is not None:
         rates = ", ".join(f"{LANG_NAMES[lang]} {rate_cell(plain[lang]['audio_only']['all'])}" for lang in ("en", "zh"))
         lines += ["", "The same styles on plain prosody: the card's held-out clips rendered by the training renderer "
                   "without its effects (`python -m models.organism.unseen --model organism-pilot --clips plain`, "
-                  f"`figures/plain_renders.json`) are heard audio-only at {rates}; heard as another emotion:"]
-        lines += [f"- {LANG_NAMES[lang]}: {'; '.join(misreadings(plain, lang)) or 'none'}." for lang in ("en", "zh")]
-    specs = {"training": json.loads((SPEC_DIR / "prosody.json").read_text(encoding="utf-8"))["styles"],
-             "unseen": renderer()["styles"]}
+                  f"`figures/{OUT_NAMES['plain']}`) are heard audio-only at {rates}; heard as another emotion:",
+                  *misread_lines(plain)]
+    specs = {"training": prosody_spec()["styles"], "unseen": renderer()["styles"]}
 
     def knobs(name: str, style: str) -> str:
         return ", ".join(f"{knob} {specs[name][style][knob][0]}–{specs[name][style][knob][1]}"
@@ -182,12 +184,14 @@ def command(report: dict) -> str:
 
 def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
     paths = {"report": model_dir / "training_report.json", "probes": figures / "summary.json",
-             "unseen": figures / "unseen_renderer.json"}
+             "unseen": figures / OUT_NAMES["unseen"]}
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
         raise ModalflipError(f"cannot write the pilot's card, missing: {', '.join(missing)} (see "
                              "`python -m models.pilot.card --help`)")
     report, summary, unseen = (json.loads(p.read_text()) for p in paths.values())
+    plain_path = figures / OUT_NAMES["plain"]  # optional: `python -m models.organism.unseen --clips plain`
+    plain = json.loads(plain_path.read_text()) if plain_path.is_file() else None
     k = report["takeover_layer"]
     curves = lens_by_intensity(report["heldout"])
     draw_lens_by_intensity(curves, k, figures / "lens_by_intensity.png")
@@ -206,7 +210,7 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
         met1=sum(r.met for r in rows if r.tier == 1), n1=sum(r.tier == 1 for r in rows),
         met2=sum(r.met for r in rows if r.tier == 2), n2=sum(r.tier == 2 for r in rows),
         heldout=metric_rows(report["heldout"]), seed_set=metric_rows(report["seed_set"]),
-        intensity=lens_table(curves, shown), unseen=unseen_table(unseen), misheard=misheard_text(unseen),
+        intensity=lens_table(curves, shown), unseen=unseen_table(unseen), misheard=misheard_text(unseen, plain),
         probe_seconds=summary["seconds"],
         lens=lens_by_condition(summary, shown), patch=patch_table(summary["patching"], summary["langs"], patched))
 
