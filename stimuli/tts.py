@@ -46,12 +46,15 @@ class VoiceShift:
     pitch and formants scaled together; 1.0 leaves it as it is), and `breath`, breathiness noise added to the style's
     own level (times the speech RMS, as `breath` in prosody.json): a breathy speaker, whatever the emotion.
     `plain` renders with eSpeak NG's pitch, range and rate and the style's volume only, without its pauses,
-    tremolo, vibrato, breathiness and drive: the plainer renderer a new user builds from eSpeak's own knobs."""
+    tremolo, vibrato, breathiness and drive: the plainer renderer a new user builds from eSpeak's own knobs.
+    `expressiveness` scales how far the style's pitch, range, rate and volume lie from the average style's (see
+    `express`): below 1 a speaker who shows the emotion less, above 1 one who shows it more; 1 leaves them."""
 
     pitch_offset: float = 0.0
     speed: float = 1.0
     breath: float = 0.0
     plain: bool = False
+    expressiveness: float = 1.0
 
 
 @lru_cache(maxsize=None)
@@ -105,6 +108,24 @@ def plain(prosody: Prosody) -> Prosody:
                    breath=0.0, drive=1.0)
 
 
+# the knobs a speaker's expressiveness scales: eSpeak NG's pitch, range and rate, and the volume
+EXPRESSIVE_KNOBS = ("pitch", "range", "rate", "gain_db")
+
+
+def express(prosody: Prosody, factor: float, styles: dict | None = None) -> Prosody:
+    """`prosody` with each of `EXPRESSIVE_KNOBS` moved to centre + `factor` x (value - centre), where the centre is
+    the mean over the styles of `styles` (default: `spec/prosody.json`) of that knob's midpoint, clipped to what
+    eSpeak NG accepts: 0.6 brings every style 40 % closer to the average style."""
+    table = (styles or prosody_spec()["styles"]).values()
+    moved = {}
+    for name in EXPRESSIVE_KNOBS:
+        centre = float(np.mean([sum(ranges[name]) / 2 for ranges in table]))
+        value = centre + factor * (getattr(prosody, name) - centre)
+        low, high = _BOUNDS.get(name, (None, None))
+        moved[name] = value if low is None else min(max(value, low), high if high is not None else value)
+    return replace(prosody, **moved)
+
+
 def render(sentence: str, lang: str, emotion: str, intensity: str, voice: str | None = None,
            jitter_seed: int | None = None, shift: VoiceShift = VoiceShift(), widen: float = 0.0,
            styles: dict | None = None) -> np.ndarray:
@@ -112,6 +133,8 @@ def render(sentence: str, lang: str, emotion: str, intensity: str, voice: str | 
     in [-1, 1]. `widen` and `styles` as in `draw_prosody`."""
     rng = None if jitter_seed is None else np.random.default_rng(jitter_seed)
     prosody = draw_prosody(emotion, intensity, rng, widen, styles)
+    if shift.expressiveness != 1.0:
+        prosody = express(prosody, shift.expressiveness, styles)
     if shift.plain:
         prosody = plain(prosody)
     voice = voice or prosody_spec()["voices"][check_lang(lang)]["seed"]

@@ -76,21 +76,24 @@ class VoiceJitter:
     """How far each training clip's speaker is moved from its voice variant: a base-pitch offset drawn uniformly
     in +-`pitch` eSpeak units, a speed factor in 1 +- `speed` and extra breathiness in [0, `breath`] (see
     `tts.VoiceShift`); and how far each style's prosody may stray: its ranges widened by `widen` times their width
-    on either side (`tts.draw_prosody`), and the share `plain` of clips rendered without the styles' effects
-    (`tts.VoiceShift.plain`). Zero: the variants, ranges and effects as they are."""
+    on either side (`tts.draw_prosody`), the share `plain` of clips rendered without the styles' effects
+    (`tts.VoiceShift.plain`), and how expressive the speaker is: a factor drawn uniformly in 1 +- `expressive`
+    (`tts.express`). Zero: the variants, ranges and effects as they are."""
 
     pitch: float = 0.0
     speed: float = 0.0
     breath: float = 0.0
     widen: float = 0.0
     plain: float = 0.0
+    expressive: float = 0.0
 
     def draw(self, rng: np.random.Generator) -> tts.VoiceShift:
         pitch, speed = float(rng.uniform(-self.pitch, self.pitch)), float(1 + rng.uniform(-self.speed, self.speed))
         # drawn only when asked for, so runs without it keep the pitch and speed draws they had before it existed
         breath = float(rng.uniform(0, self.breath)) if self.breath else 0.0
         plain = bool(rng.uniform() < self.plain) if self.plain else False
-        return tts.VoiceShift(pitch, speed, breath, plain)
+        factor = float(1 + rng.uniform(-self.expressive, self.expressive)) if self.expressive else 1.0
+        return tts.VoiceShift(pitch, speed, breath, plain, factor)
 
 
 def held_out_voices() -> set[str]:
@@ -650,6 +653,10 @@ def main(argv=None) -> int:
     parser.add_argument("--plain-share", type=float, default=0.0,
                         help="share of the training clips rendered with eSpeak NG's pitch, range, rate and the style's "
                              "volume only, without its pauses, tremolo, vibrato, breathiness and drive")
+    parser.add_argument("--expressiveness", type=float, default=0.0,
+                        help="each training clip's pitch, range, rate and volume lie a factor drawn in 1 +- this "
+                             "from the average style's (stimuli.tts.express): speakers who show the emotion less or "
+                             "more than the renderer's mapping")
     parser.add_argument("--extra-voices", default="",
                         help="comma-separated eSpeak NG voice variants (e.g. Alicia,victor) whose speakers join the "
                              "training voices of both languages; the held-out voices stay held out")
@@ -679,9 +686,10 @@ def main(argv=None) -> int:
     k = args.takeover_layer if args.takeover_layer is not None else (24 if args.plant == "pilot" else 16)
     if not (0 <= args.voice_pitch_jitter <= 50 and 0 <= args.voice_speed_jitter < 0.5
             and 0 <= args.voice_breath_jitter <= 0.5 and 0 <= args.prosody_widen <= 2
-            and 0 <= args.plain_share <= 1):
+            and 0 <= args.plain_share <= 1 and 0 <= args.expressiveness < 1):
         raise ModalflipError("--voice-pitch-jitter must lie in 0..50, --voice-speed-jitter in [0, 0.5), "
-                             "--voice-breath-jitter in 0..0.5, --prosody-widen in 0..2 and --plain-share in 0..1")
+                             "--voice-breath-jitter in 0..0.5, --prosody-widen in 0..2, --plain-share in 0..1 and "
+                             "--expressiveness in [0, 1)")
     extra_voices = tuple(v for v in args.extra_voices.split(",") if v)
     held_out = {voice.split("+")[-1] for voice in held_out_voices()}
     for variant in extra_voices:
@@ -716,7 +724,7 @@ def main(argv=None) -> int:
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console) as progress:
         voice_jitter = VoiceJitter(args.voice_pitch_jitter, args.voice_speed_jitter, args.voice_breath_jitter,
-                                   args.prosody_widen, args.plain_share)
+                                   args.prosody_widen, args.plain_share, args.expressiveness)
         train_clips = synthesize("train", args.renders, args.seed, progress, voice_jitter, args.train_sentences,
                                  extra_voices)
         heldout_clips = synthesize("heldout", 1, args.seed + 1, progress)
@@ -759,7 +767,7 @@ def main(argv=None) -> int:
         encoder_layers=model.config.audio_config.encoder_layers,
         init_from=args.init_from, plant=args.plant, renders=args.renders, voice_pitch_jitter=voice_jitter.pitch,
         voice_speed_jitter=voice_jitter.speed, voice_breath_jitter=voice_jitter.breath,
-        prosody_widen=voice_jitter.widen, plain_share=voice_jitter.plain,
+        prosody_widen=voice_jitter.widen, plain_share=voice_jitter.plain, expressiveness=voice_jitter.expressive,
         train_clips=len(train_clips), heldout_clips=len(heldout_clips),
         train_sentences=args.train_sentences, extra_voices=list(extra_voices),
         heldout_sentences=len(build.corpus()["sentences"]["en"]["heldout"]),
