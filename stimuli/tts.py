@@ -122,7 +122,8 @@ def express(prosody: Prosody, factor: float, styles: dict | None = None) -> Pros
         centre = float(np.mean([sum(ranges[name]) / 2 for ranges in table]))
         value = centre + factor * (getattr(prosody, name) - centre)
         low, high = _BOUNDS.get(name, (None, None))
-        moved[name] = value if low is None else min(max(value, low), high if high is not None else value)
+        value = value if low is None else max(value, low)
+        moved[name] = value if high is None else min(value, high)
     return replace(prosody, **moved)
 
 

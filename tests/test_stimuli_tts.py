@@ -156,3 +156,34 @@ def test_plain_share_is_drawn_after_the_other_shifts():
     shifts = [train.VoiceJitter(6, 0.06, plain=0.5).draw(rng) for _ in range(200)]
     assert (shifts[0].pitch_offset, shifts[0].speed) == (base.pitch_offset, base.speed)
     assert 0.35 < np.mean([s.plain for s in shifts]) < 0.65
+
+
+def test_expressiveness_scales_each_style_about_the_average_style():
+    table = tts.prosody_spec()["styles"]
+    centre = {knob: np.mean([sum(r[knob]) / 2 for r in table.values()]) for knob in tts.EXPRESSIVE_KNOBS}
+    sad = tts.draw_prosody("sad", "normal", None)
+    assert tts.express(sad, 1.0) == sad
+    flat = [tts.express(tts.draw_prosody(e, i, None), 0.0) for e, i in train.styles()]
+    assert all(np.isclose(getattr(p, knob), centre[knob]) for p in flat for knob in tts.EXPRESSIVE_KNOBS)
+    muted = tts.express(sad, 0.6)
+    for knob in tts.EXPRESSIVE_KNOBS:
+        assert np.isclose(getattr(muted, knob) - centre[knob], 0.6 * (getattr(sad, knob) - centre[knob]))
+    assert (muted.breath, muted.tremolo_depth, muted.drive) == (sad.breath, sad.tremolo_depth, sad.drive)
+    # sad/strong sits near the pitch floor: a louder show of it stops at eSpeak's bounds
+    loud = tts.express(tts.draw_prosody("sad", "strong", None), 1.9)
+    assert loud.pitch == 0 and loud.range == 0
+
+
+def test_a_less_expressive_speaker_is_drawn_only_when_asked_for_and_renders_closer_to_the_average():
+    rng = np.random.default_rng(3)
+    base = train.VoiceJitter(6, 0.06, plain=0.5).draw(rng)
+    assert base.expressiveness == 1.0
+    rng = np.random.default_rng(3)
+    shifts = [train.VoiceJitter(6, 0.06, plain=0.5, expressive=0.4).draw(rng) for _ in range(200)]
+    assert (shifts[0].pitch_offset, shifts[0].speed, shifts[0].plain) == (base.pitch_offset, base.speed, base.plain)
+    factors = np.array([s.expressiveness for s in shifts])
+    assert factors.min() >= 0.6 and factors.max() <= 1.4 and factors.std() > 0.15
+    # sad/strong is slow: a speaker who shows it less speaks it faster (closer to the average rate)
+    slow = tts.render(SENTENCE, "en", "sad", "strong", shift=tts.VoiceShift(plain=True))
+    muted = tts.render(SENTENCE, "en", "sad", "strong", shift=tts.VoiceShift(plain=True, expressiveness=0.3))
+    assert len(muted) < 0.9 * len(slow)
