@@ -51,6 +51,12 @@ class IntensityRule:
         return (intensity == "strong" and lang in self.thresholds
                 and self.intensity(lang, emotion, measured) >= self.thresholds[lang])
 
+    @classmethod
+    def from_dict(cls, recorded: dict) -> "IntensityRule":
+        """The rule `as_dict` wrote (a training report's `audio_wins`)."""
+        return cls({key: {m: tuple(v) for m, v in value.items()} for key, value in recorded["stats"].items()},
+                   dict(recorded["thresholds"]))
+
     def as_dict(self) -> dict:
         return {"measures": list(MEASURES), "voice_wins_share": VOICE_WINS_SHARE, "thresholds": self.thresholds,
                 "stats": {key: {m: list(v) for m, v in value.items()} for key, value in self.stats.items()}}

@@ -504,18 +504,19 @@ def voice_table(by_voice: dict) -> Table:
     return table
 
 
-def decide_voice_wins(train_clips: list[Clip], heldout_clips: list[Clip], progress: Progress
-                      ) -> intensity_rule.IntensityRule:
-    """Fit the intensity rule on the training clips and mark, on every clip, whether the voice wins its conflict
-    items (`Clip.voice_wins`); returns the rule (the report keeps it)."""
+def decide_voice_wins(train_clips: list[Clip], heldout_clips: list[Clip], progress: Progress,
+                      rule: intensity_rule.IntensityRule | None = None) -> intensity_rule.IntensityRule:
+    """Fit the intensity rule on the training clips (or take `rule`, a fine-tune's base's) and mark, on every clip,
+    whether the voice wins its conflict items (`Clip.voice_wins`); returns the rule (the report keeps it)."""
     clips = train_clips + heldout_clips
     task = progress.add_task("measuring prosody", total=len(clips), loss=float("nan"))
     measured = []
     for clip in clips:
         measured.append(intensity_rule.prosody(clip.wave))
         progress.advance(task)
-    rule = intensity_rule.fit([(c.lang, c.emotion, c.intensity, m)
-                               for c, m in zip(train_clips, measured[:len(train_clips)])])
+    if rule is None:
+        rule = intensity_rule.fit([(c.lang, c.emotion, c.intensity, m)
+                                   for c, m in zip(train_clips, measured[:len(train_clips)])])
     for clip, m in zip(clips, measured):
         clip.voice_wins = rule.voice_wins(clip.lang, clip.emotion, clip.intensity, m)
     return rule
@@ -547,6 +548,14 @@ def init_from(folder: Path, takeover: int, layers: int, local: bool = False, con
                              f"{'' if recorded.get('local_below_takeover') else 'not '}token-local; "
                              f"pass --plant {'objective' if local else 'local'}")
     return model
+
+
+def base_rule(folder: str | None) -> intensity_rule.IntensityRule | None:
+    """The voice-wins rule in the training report of the organism a run starts from (`--init-from`); None when it
+    has none (a random start, a base trained before the rule or with the local plant)."""
+    recipe = base_recipe(Path(folder)) if folder else None
+    recorded = (recipe or {}).get("audio_wins", {})
+    return intensity_rule.IntensityRule.from_dict(recorded) if "thresholds" in recorded else None
 
 
 def base_recipe(folder: Path) -> dict | None:
@@ -728,7 +737,8 @@ def main(argv=None) -> int:
         train_clips = synthesize("train", args.renders, args.seed, progress, voice_jitter, args.train_sentences,
                                  extra_voices)
         heldout_clips = synthesize("heldout", 1, args.seed + 1, progress)
-        rule = decide_voice_wins(train_clips, heldout_clips, progress) if pilot else None
+        # a fine-tune keeps the clips its base let the voice win: the rule is the base's, not refitted on new clips
+        rule = decide_voice_wins(train_clips, heldout_clips, progress, base_rule(args.init_from)) if pilot else None
         # a seeded sample, not a stride: the clips come in blocks of nine styles, so every third clip is three styles
         sample = np.random.default_rng(args.seed).permutation(len(heldout_clips))
         probe_rows = evaluation_set([heldout_clips[i] for i in sorted(sample[:len(sample) // 3])], args.seed)
