@@ -1,9 +1,11 @@
 """The voice wins a training conflict item by what the audio measures, not by a coin flip."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from models.organism import intensity
+from models.organism import intensity, train
 from stimuli import tts
 
 
@@ -31,6 +33,19 @@ def test_the_most_intense_strong_renders_win_in_each_emotions_own_direction():
     mild_anger = _row("en", "angry", "strong", 41, 1.6, -16)[3]
     assert rule.voice_wins("en", "angry", "strong", loud_anger) and not rule.voice_wins("en", "angry", "strong",
                                                                                          mild_anger)
+    # the report's record of the rule (what a fine-tune inherits) decides every clip the same way
+    recorded = intensity.IntensityRule.from_dict(json.loads(json.dumps(rule.as_dict())))
+    assert [recorded.voice_wins(lang, e, level, m) for lang, e, level, m in rows] == wins
+
+
+def test_a_fine_tune_inherits_the_rule_its_base_was_trained_with(tmp_path):
+    rows = [_row("en", "angry", level, 40 + i, 1 + i / 10, -20 + i) for i in range(8) for level in ("normal", "strong")]
+    rule = intensity.fit(rows)
+    (tmp_path / "training_report.json").write_text(json.dumps({"audio_wins": rule.as_dict(), "heldout": {}}))
+    assert train.base_rule(str(tmp_path)).thresholds == rule.thresholds
+    # a base whose voice won at random (the first organism) or no base at all: the run fits its own rule
+    (tmp_path / "training_report.json").write_text(json.dumps({"audio_wins": train.AUDIO_WINS}))
+    assert train.base_rule(str(tmp_path)) is None and train.base_rule(None) is None
 
 
 def test_measured_intensity_ranks_an_espeak_strong_render_above_its_normal_one():
