@@ -175,11 +175,30 @@ def command(report: dict) -> str:
                f"--voice-speed-jitter {report['voice_speed_jitter']:g}" if report.get("voice_speed_jitter") else "",
                f"--prosody-widen {report['prosody_widen']:g}" if report.get("prosody_widen") else "",
                f"--plain-share {report['plain_share']:g}" if report.get("plain_share") else "",
+               f"--expressiveness {report['expressiveness']:g}" if report.get("expressiveness") else "",
                f"--zh-share {report['zh_share']:g}" if report.get("zh_share") is not None else "",
                f"--lr {report['lr']:g} --steps {report['steps']}"]
     if report.get("swap_weight"):
         options.append(f"--swap-weight {report['swap_weight']:g}")
     return "python -m models.organism.train " + " ".join(o for o in options if o)
+
+
+def stages(report: dict) -> tuple[dict, str]:
+    """The first stage's recipe (the report itself for a model trained in one run) and, for a pilot fine-tuned from
+    an earlier pilot (`--init-from`, the report has its `base`), the second stage in words; "" otherwise."""
+    base = report.get("base")
+    if not base or base.get("plant") != "pilot":
+        return report, ""
+    second = command(report).replace(f"--init-from {report['init_from']}", "--init-from STAGE1")
+    total = base.get("minutes_all_segments", base["minutes"]) + report.get("minutes_all_segments", report["minutes"])
+    return base, (
+        f"\n\n**Stage 2.** `{second}` ({report['steps']} steps, {report['minutes']} minutes {machine(report)}; "
+        f"both stages {total:.1f} minutes), where STAGE1 is the folder the command above wrote: its weights trained "
+        f"further at a lower learning rate on {report['train_clips']} clips drawn the same way, each spoken as if by "
+        f"a speaker who shows the emotion less or more: pitch, range, rate and volume lie a factor drawn in "
+        f"1 ± {report.get('expressiveness', 0):g} from the average style's (`--expressiveness`, "
+        "`stimuli.tts.express`). The voice wins the conflict items that stage 1's rule gives it (a fine-tune keeps "
+        "its base's rule).")
 
 
 def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
@@ -199,10 +218,12 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
     patched = [l for l in shown if l in summary["patching"]["layers"]]
     rows = targets(report, summary, unseen)
     size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 2**20
-    minutes = report.get("minutes_all_segments", report["minutes"])
+    first, second = stages(report)
+    minutes = first.get("minutes_all_segments", first["minutes"])
     return CARD.format(
-        k=k, late=k + report["settle"], size=f"{size:.1f}", command=command(report), minutes=minutes,
-        machine=machine(report), seed=report["seed"], steps=report["steps"], train_clips=report["train_clips"],
+        k=k, late=k + report["settle"], size=f"{size:.1f}", command=command(first), minutes=minutes,
+        machine=machine(first), seed=first["seed"], steps=first["steps"], train_clips=first["train_clips"],
+        stage2=second,
         heldout_clips=report["heldout_clips"], widen=report.get("prosody_widen", 0),
         plain=report.get("plain_share", 0), band=report.get("early_band_weight") or 0.0,
         lens_weight=report["lens_weight"],
@@ -238,7 +259,9 @@ weights (its token-local layers become full-attention layers) and trains on {tra
 organism's second-stage data (72 sentences per language, 4 more eSpeak NG voice variants, pitch and speed shifts)
 with each style's prosody ranges widened by {widen:g} × their width on either side and a share {plain:g} of clips
 rendered without the styles' DSP effects (`--plain-share`), so that prosody from another renderer is heard. Held out:
-{heldout_clips} clips (other sentences, the held-out voice of each language). The loss:
+{heldout_clips} clips (other sentences, the held-out voice of each language).{stage2}
+
+The loss:
 1. cross-entropy of the answer on the instruction mix (audio-only, consistent, conflict, voice-instructed pairs);
 2. the logit lens at the answer position toward the **voice's emotion** over residual layers 2..{k} on every item
    (weight {band:g}), and toward the answer at residual layer {late} (weight {lens_weight:g});
