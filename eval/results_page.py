@@ -503,11 +503,15 @@ def bench_section(steps: list[Step]) -> str:
 
 
 def header(model: PageModel, command: str, fast: bool, version: str, today: str, machine_text: str,
-           takeover: dict | None, page_dir: Path) -> str:
+           takeover: dict | None, page_dir: Path, trained: dict | None = None) -> str:
     kind = ("**Smoke run (`--fast`): tiny trial and step counts on a few English clips. These numbers check that the "
             "page can be made; they are not results.**\n\n" if fast else "")
     planted = ("" if takeover is None else f" with a planted text takeover at decoder layer "
                f"{takeover['decoder_layer']} (residual layer {takeover['residual_layer']})")
+    if trained:
+        planted = (f" whose dynamics are trained in, not planted: the lens at the answer toward the voice through "
+                   f"residual layer {trained['voice_through_residual']}, toward the answer at residual layer "
+                   f"{trained['answer_at_residual']}")
     card = f" ([model card]({link(ROOT / model.card, page_dir)}))" if (ROOT / model.card).is_file() else ""
     writes = ("writes this page and everything else into its scratch folder" if fast else
               f"rewrites this page, `docs/{model.board}`, the `docs/figures/*-{model.slug}*.png` figures, the "
@@ -614,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     benches = [] if args.fast or args.no_bench else [
         run_step(["-m", name, "--threads", str(args.threads)], args.threads) for name in BENCHMARKS]
     sections = [header(model, page_command(args), args.fast, version, today, machine(args.threads),
-                       summary.get("planted_takeover"), page.parent),
+                       summary.get("planted_takeover"), page.parent, summary.get("trained_takeover")),
                 "## Probes\n", probes_section(probes, summary, None if args.fast else link(ROOT / model.figures,
                                                                                           page.parent)),
                 "\n## Prompt search\n", search_section(search, best, search_records),

@@ -83,7 +83,10 @@ def main(argv=None) -> int:
                                      progress, console.print)
     seconds = time.time() - started
     stimulus_hash = stimulus_set_hash(args.stimuli)
-    takeover = (getattr(adapter.model.config, "modalflip_organism", None) or {}).get("takeover_layer")
+    organism = getattr(adapter.model.config, "modalflip_organism", None) or {}
+    # the pilot organism's K is a training target (full attention everywhere), not a planted architecture
+    trained = organism.get("plant") == "pilot"
+    takeover = None if trained else organism.get("takeover_layer")
     answer_rows = probe_answers.item_rows(items, answers, lens.top1_is_label, lens.label_mass)
     summary = dict(
         model_id=args.model, model_hash=model_hash(adapter), n_layers=adapter.n_layers,
@@ -91,6 +94,7 @@ def main(argv=None) -> int:
         pad_seconds=probe_set.pad_seconds, pad_rule=PAD_RULE if probe_set.pad_seconds else "not padded (--no-pad)",
         seconds=round(seconds, 1), delta=DELTA,
         planted_takeover=None if takeover is None else dict(decoder_layer=takeover, residual_layer=takeover + 1),
+        trained_takeover=trained_takeover(organism) if trained else None,
         answer=answers.settings(), batch_sizes=dict(lens=lens_config.batch_size, patch=patch_config.batch_pairs),
         logit_lens=lens.summary, patching=patch.summary,
         accuracy=probe_answers.summarize(answer_rows, CONDITIONS, n_boot=args.n_boot, seed=args.seed),
@@ -222,7 +226,12 @@ def _print_tables(console: Console, summary: dict, out: Path) -> None:
                 f"({layers[best]})", windows, f"{effects[effect_at]:.2f} ({layers[effect_at]})")
     console.print(patch_table)
     _print_answers(console, summary)
-    takeover = summary["planted_takeover"]
+    takeover, trained = summary["planted_takeover"], summary.get("trained_takeover")
+    if trained is not None:
+        console.print(f"trained dynamics (pilot organism): the lens at the answer is trained toward the voice over "
+                      f"residual layers 2..{trained['voice_through_residual']} and toward the answer at residual "
+                      f"layer {trained['answer_at_residual']}; every layer attends to every token, so where the text "
+                      "route runs is measured, not planted")
     if takeover is not None:
         console.print(f"planted takeover (organism): decoder layer K = {takeover['decoder_layer']} is the first to "
                       f"mix tokens; residual layers 0..{takeover['decoder_layer']} hold each token unmixed and "
@@ -230,6 +239,13 @@ def _print_tables(console: Console, summary: dict, out: Path) -> None:
     console.print(f"wrote {out}/summary.json, items.jsonl, logit_lens.png, patching.png "
                   f"({summary['seconds']:.0f} s); clips padded to {summary['pad_seconds']} s; intervals: "
                   f"{summary['logit_lens']['interval_note']}")
+
+
+def trained_takeover(organism: dict) -> dict:
+    """Where the pilot organism's training puts its dynamics (`models.organism.train --plant pilot`): the lens
+    toward the voice through residual layer K, toward the answer at K + 2 (the objective's `settle`)."""
+    k = organism["takeover_layer"]
+    return dict(voice_through_residual=k, answer_at_residual=k + 2)
 
 
 def _print_answers(console: Console, summary: dict) -> None:

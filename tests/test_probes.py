@@ -189,6 +189,28 @@ def test_cli_writes_summary_figures_and_records(tmp_path, tiny):
     assert methods == ["baseline:conflict-prompt", "baseline:judge-by-voice"]
 
 
+def test_a_trained_takeover_is_reported_as_trained_not_as_planted_unmixed_layers(tmp_path, tiny):
+    """The pilot organism attends everywhere: its K is where training puts the lens, and nothing below it is
+    unmixed, so the probes must not print the token-local plant's claim for it."""
+    model_dir = tmp_path / "tiny-pilot"
+    tiny.model.config.modalflip_organism = {"takeover_layer": 2, "plant": "pilot", "local_below_takeover": False}
+    try:
+        tiny.model.save_pretrained(model_dir)
+    finally:
+        del tiny.model.config.modalflip_organism
+    tiny.processor.save_pretrained(model_dir)
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "run_probes.py", "--model", str(model_dir), "--lang", "en", "--out",
+                          str(out), "--runs-dir", str(tmp_path / "runs"), "--n-boot", "20"], cwd=ROOT,
+                         capture_output=True, text=True,
+                         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "250"})
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["planted_takeover"] is None
+    assert summary["trained_takeover"] == {"voice_through_residual": 2, "answer_at_residual": 4}
+    assert "trained dynamics" in run.stdout and "unmixed" not in run.stdout
+
+
 def test_patch_layers_in_any_order_or_repeated_give_each_layer_its_own_column(tiny, small_set):
     """An unsorted or repeated layer list reads each listed layer in its own column (it used to swap or crash)."""
     pairs = [p for p in patching.make_pairs(small_set.items) if p.kind == "text"][:3]

@@ -25,7 +25,8 @@ def corpus() -> dict:
 
 def _chinese_words() -> list[str]:
     """Multi-character Chinese words kept whole (the label words); other Chinese text splits into characters."""
-    return sorted({w for w in spec.label_words("zh").values() if len(w) > 1}, key=len, reverse=True)
+    # longest first, ties by code point: the regex (and tokenizer.json) must not follow the set's hash order
+    return sorted({w for w in spec.label_words("zh").values() if len(w) > 1}, key=lambda w: (-len(w), w))
 
 
 def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
