@@ -331,7 +331,7 @@ training styles' midpoints, its midpoints have slopes {contraction}. {expressive
 {misheard}
 ## Probe profiles
 `python run_probes.py --model organism-pilot --out models/pilot/figures` on the committed seed set ({probe_seconds} s
-on 2 cores). Figures: `figures/logit_lens.png`, `figures/patching.png`. Mean lens Δlogit at the answer position
+on this project's 2-core machine). Figures: `figures/logit_lens.png`, `figures/patching.png`. Mean lens Δlogit at the answer position
 (the voice's emotion A ahead where it is negative):
 
 {lens}
