@@ -86,6 +86,13 @@ _BOUNDS = {"pitch": (0, 99), "range": (0, 99), "rate": (80, 450), "pauses": (0, 
            "drive": (1, None)}
 
 
+def bounded(name: str, value: float) -> float:
+    """`value` of the prosody parameter `name` clipped to what eSpeak NG and the effects accept (`_BOUNDS`)."""
+    low, high = _BOUNDS.get(name, (None, None))
+    value = value if low is None else max(value, low)
+    return value if high is None else min(value, high)
+
+
 def draw_prosody(emotion: str, intensity: str, rng: np.random.Generator | None, widen: float = 0.0,
                  styles: dict | None = None) -> Prosody:
     """Midpoints of the style's ranges when `rng` is None, else a uniform draw inside them, each range first
@@ -94,9 +101,7 @@ def draw_prosody(emotion: str, intensity: str, rng: np.random.Generator | None, 
     ranges = (styles or prosody_spec()["styles"])[style_key(emotion, intensity)]
     values = {}
     for name, (lo, hi) in ranges.items():
-        lo, hi = lo - widen * (hi - lo), hi + widen * (hi - lo)
-        low, high = _BOUNDS.get(name, (None, None))
-        lo, hi = (lo if low is None else max(lo, low)), (hi if high is None else min(hi, high))
+        lo, hi = bounded(name, lo - widen * (hi - lo)), bounded(name, hi + widen * (hi - lo))
         values[name] = (lo + hi) / 2 if rng is None else float(rng.uniform(lo, hi))
     return Prosody(**values)
 
@@ -120,10 +125,7 @@ def express(prosody: Prosody, factor: float, styles: dict | None = None) -> Pros
     moved = {}
     for name in EXPRESSIVE_KNOBS:
         centre = float(np.mean([sum(ranges[name]) / 2 for ranges in table]))
-        value = centre + factor * (getattr(prosody, name) - centre)
-        low, high = _BOUNDS.get(name, (None, None))
-        value = value if low is None else max(value, low)
-        moved[name] = value if high is None else min(value, high)
+        moved[name] = bounded(name, centre + factor * (getattr(prosody, name) - centre))
     return replace(prosody, **moved)
 
 

@@ -204,6 +204,13 @@ def contraction() -> str:
     return ", ".join(slopes)
 
 
+def rule_origin(report: dict, base: dict) -> str:
+    """Whether a second stage let the voice win by its base's rule or by one refitted on its own clips."""
+    kept = report["audio_wins"].get("thresholds") == base.get("audio_wins", {}).get("thresholds")
+    return ("The voice wins the conflict items that stage 1's rule gives it (a fine-tune keeps its base's rule)."
+            if kept else "The voice-wins rule was refitted on the stage-2 clips.")
+
+
 def stages(report: dict) -> tuple[dict, str]:
     """The first stage's recipe (the report itself for a model trained in one run) and, for a pilot fine-tuned from
     an earlier pilot (`--init-from`, the report has its `base`), the second stage in words; "" otherwise."""
@@ -219,8 +226,7 @@ def stages(report: dict) -> tuple[dict, str]:
         f"further at a lower learning rate on {report['train_clips']} clips drawn the same way, each spoken as if by "
         f"a speaker who shows the emotion less or more: pitch, range, rate and volume lie a factor drawn in "
         f"1 ± {report.get('expressiveness', 0):g} from the average style's (`--expressiveness`, "
-        "`stimuli.tts.express`). The voice wins the conflict items that stage 1's rule gives it (a fine-tune keeps "
-        "its base's rule).")
+        f"`stimuli.tts.express`). {rule_origin(report, base)}")
 
 
 def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
@@ -331,8 +337,8 @@ training styles' midpoints, its midpoints have slopes {contraction}. {expressive
 {misheard}
 ## Probe profiles
 `python run_probes.py --model organism-pilot --out models/pilot/figures` on the committed seed set ({probe_seconds} s
-on this project's 2-core machine). Figures: `figures/logit_lens.png`, `figures/patching.png`. Mean lens Δlogit at the answer position
-(the voice's emotion A ahead where it is negative):
+on this project's 2-core machine). Figures: `figures/logit_lens.png`, `figures/patching.png`. Mean lens Δlogit at
+the answer position (the voice's emotion A ahead where it is negative):
 
 {lens}
 
@@ -370,8 +376,8 @@ over the receivers' clips):
 ## Known limits
 - No held-out conflict answer goes the voice's way: the graded row above is not met in either language (the
   stage-1 weights followed the text on 0.969 of strong English and 0.906 of strong Mandarin items, per their card
-  at commit ef73bc3; every second stage tried lost that). What stays graded is the margin logit(T) − logit(A), smaller on strong clips (the held-out metrics). The
-  voice-wins rule scores intensity from absolute F0 and level, which shift with the speaker, so on the held-out
+  at commit ef73bc3; every second stage tried lost that). What stays graded is the margin logit(T) − logit(A),
+  smaller on strong clips (the held-out metrics). The voice-wins rule scores intensity from absolute F0 and level, which shift with the speaker, so on the held-out
   voices it marks other clips than on the training voices, and the model has not learnt it.
 - Everything the first organism's card says about the task (easy synthetic emotions, one speaker family, 6 s
   window) holds here.
