@@ -57,3 +57,34 @@ def test_measured_intensity_ranks_an_espeak_strong_render_above_its_normal_one()
         normal = [rule.intensity("en", emotion, m) for _, e, level, m in rows if e == emotion and level == "normal"]
         strong = [rule.intensity("en", emotion, m) for _, e, level, m in rows if e == emotion and level == "strong"]
         assert np.mean(strong) > np.mean(normal)
+
+
+def test_the_level_rule_lets_the_loudest_strong_clips_win_by_one_threshold_per_language():
+    rng = np.random.default_rng(1)
+    rows = [_row(lang, emotion, level, 40.0, 1.0, base + (6 if level == "strong" else 0) + rng.normal())
+            for lang in ("en", "zh") for emotion, base in (("angry", -14), ("sad", -30), ("happy", -20))
+            for level in ("normal", "strong") for _ in range(40)]
+    rule = intensity.fit(rows, kind="level")
+    assert rule.kind == "level" and not rule.stats and set(rule.thresholds) == {"en", "zh"}
+    wins = [rule.voice_wins(lang, e, level, m) for lang, e, level, m in rows]
+    assert not any(w for w, row in zip(wins, rows) if row[2] != "strong")
+    strong = [w for w, row in zip(wins, rows) if row[2] == "strong"]
+    assert abs(np.mean(strong) - intensity.VOICE_WINS_SHARE) < 0.05
+    # loudness alone decides: quiet sadness never wins, and a louder render of the same clip can only gain
+    assert {e for w, (_, e, _, _) in zip(wins, rows) if w} == {"angry"}
+    quiet, loud = _row("en", "sad", "strong", 30, 0.1, -40)[3], _row("en", "sad", "strong", 30, 0.1, -2)[3]
+    assert not rule.voice_wins("en", "sad", "strong", quiet) and rule.voice_wins("en", "sad", "strong", loud)
+    recorded = intensity.IntensityRule.from_dict(json.loads(json.dumps(rule.as_dict())))
+    assert recorded.kind == "level" and [recorded.voice_wins(*row) for row in rows] == wins
+
+
+def test_a_fine_tune_asked_for_another_kind_of_rule_fits_its_own(tmp_path):
+    rows = [_row("en", "angry", level, 40 + i, 1 + i / 10, -20 + i) for i in range(8) for level in ("normal", "strong")]
+    (tmp_path / "training_report.json").write_text(json.dumps({"audio_wins": intensity.fit(rows).as_dict()}))
+    assert train.base_rule(str(tmp_path), "prosody") is not None
+    assert train.base_rule(str(tmp_path), "level") is None
+    # a report written before rules had kinds holds a prosody rule
+    recorded = intensity.fit(rows).as_dict()
+    del recorded["kind"]
+    (tmp_path / "training_report.json").write_text(json.dumps({"audio_wins": recorded}))
+    assert train.base_rule(str(tmp_path), "prosody").kind == "prosody"

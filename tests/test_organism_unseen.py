@@ -24,6 +24,31 @@ def test_the_unseen_renderer_speaks_other_sentences_with_another_mapping():
         assert style["drive"] == [1, 1] and style["tremolo_depth"] == [0, 0] and style["pauses"] == [0, 0]
 
 
+def _slope(train_styles: dict, other_styles: dict, knob: str) -> float:
+    x = [sum(train_styles[style][knob]) / 2 for style in train_styles]
+    return float(np.polyfit(x, [sum(other_styles[style][knob]) / 2 for style in train_styles], 1)[0])
+
+
+def test_the_reweighted_renderer_moves_the_knobs_apart_not_together():
+    """Training's --expressiveness scales pitch, range, rate and volume about the average style by one factor per
+    clip; the reweighted renderer stretches pitch and rate and squeezes range, which no one factor gives."""
+    table, unseen_table = unseen.renderer("reweighted"), unseen.renderer("unseen")
+    corpus = build.corpus()["sentences"]
+    known = {s for lang in corpus for split in corpus[lang].values() for s in split}
+    known |= {s for lang in spec.LANGS for s in unseen_table["sentences"][lang]}
+    assert not known & {s for lang in spec.LANGS for s in table["sentences"][lang]}
+    shipped = json.loads((tts.SPEC_DIR / "prosody.json").read_text())["styles"]
+    assert set(table["styles"]) == set(shipped)
+    slopes = {knob: _slope(shipped, table["styles"], knob) for knob in tts.EXPRESSIVE_KNOBS}
+    assert slopes["pitch"] > 1.1 and slopes["rate"] > 1.2 and slopes["range"] < 0.7, slopes
+    for style in table["styles"].values():
+        assert style["drive"] == [1, 1] and style["tremolo_depth"] == [0, 0] and style["pauses"] == [0, 0]
+    with Progress(disable=True) as progress:
+        clips = unseen.CLIP_SETS["reweighted"].render(0, progress)
+    assert {c.sentence for c in clips} == {s for lang in spec.LANGS for s in table["sentences"][lang]}
+    assert {c.voice for c in clips} == {v for lang in spec.LANGS for v in table["voices"][lang]}
+
+
 def test_hearing_counts_each_clip_once_per_condition_per_language(organism):
     with Progress(disable=True) as progress:
         clips = unseen.unseen_clips(seed=0, progress=progress)

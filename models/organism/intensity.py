@@ -8,6 +8,10 @@ flat sadness both score high. The voice wins a conflict item when its clip is a 
 above the threshold that the top `VOICE_WINS_SHARE` of the strong training clips of its language reach; the
 threshold is fixed from the training clips and applied unchanged to held-out clips. So, as in the pilot's model,
 there is an audio feature an attack can push and a probe can find.
+
+That is rule kind "prosody". Kind "level" is the plainer rule "shouting wins": a strong clip's intensity is its
+RMS level in dBFS, compared with one threshold per language (the level the loudest `VOICE_WINS_SHARE` of its strong
+training clips reach), with no per-emotion statistics.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import numpy as np
 from stimuli.check import measure
 
 MEASURES = ("f0_semitones", "f0_spread_st", "rms_dbfs")
+KINDS = {"prosody": MEASURES, "level": ("rms_dbfs",)}  # rule kind -> the measures it reads
 VOICE_WINS_SHARE = 0.25  # of the strong training clips of each language
 
 
@@ -36,10 +41,13 @@ class IntensityRule:
 
     stats: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)  # "lang/emotion" -> m -> (mean, sd, sign)
     thresholds: dict[str, float] = field(default_factory=dict)  # lang -> intensity above which the voice wins
+    kind: str = "prosody"  # a key of KINDS
 
     def intensity(self, lang: str, emotion: str, measured: dict[str, float]) -> float:
-        """Signed distance (sum of z-scores) from the emotion's typical render toward its strong renders; 0 for an
-        emotion without strong renders (neutral)."""
+        """Kind "prosody": the signed distance (sum of z-scores) from the emotion's typical render toward its strong
+        renders, 0 for an emotion without strong renders (neutral). Kind "level": the RMS level in dBFS."""
+        if self.kind == "level":
+            return measured["rms_dbfs"]
         total = 0.0
         for name, (mean, sd, sign) in self.stats.get(f"{lang}/{emotion}", {}).items():
             value = measured[name]
@@ -55,20 +63,22 @@ class IntensityRule:
     def from_dict(cls, recorded: dict) -> "IntensityRule":
         """The rule `as_dict` wrote (a training report's `audio_wins`)."""
         return cls({key: {m: tuple(v) for m, v in value.items()} for key, value in recorded["stats"].items()},
-                   dict(recorded["thresholds"]))
+                   dict(recorded["thresholds"]), recorded.get("kind", "prosody"))
 
     def as_dict(self) -> dict:
-        return {"measures": list(MEASURES), "voice_wins_share": VOICE_WINS_SHARE, "thresholds": self.thresholds,
+        return {"kind": self.kind, "measures": list(KINDS[self.kind]), "voice_wins_share": VOICE_WINS_SHARE,
+                "thresholds": self.thresholds,
                 "stats": {key: {m: list(v) for m, v in value.items()} for key, value in self.stats.items()}}
 
 
-def fit(rows: Sequence[tuple[str, str, str, dict[str, float]]], share: float = VOICE_WINS_SHARE) -> IntensityRule:
-    """The rule from training clips given as (lang, emotion, intensity, prosody) rows."""
-    rule = IntensityRule()
+def fit(rows: Sequence[tuple[str, str, str, dict[str, float]]], share: float = VOICE_WINS_SHARE,
+        kind: str = "prosody") -> IntensityRule:
+    """The rule of `kind` from training clips given as (lang, emotion, intensity, prosody) rows."""
+    rule = IntensityRule(kind=kind)
     groups: dict[str, list[tuple[str, dict[str, float]]]] = {}
     for lang, emotion, intensity, measured in rows:
         groups.setdefault(f"{lang}/{emotion}", []).append((intensity, measured))
-    for key, members in groups.items():
+    for key, members in groups.items() if kind == "prosody" else ():
         if not {i for i, _ in members} >= {"normal", "strong"}:
             continue
         rule.stats[key] = {}

@@ -505,9 +505,11 @@ def voice_table(by_voice: dict) -> Table:
 
 
 def decide_voice_wins(train_clips: list[Clip], heldout_clips: list[Clip], progress: Progress,
-                      rule: intensity_rule.IntensityRule | None = None) -> intensity_rule.IntensityRule:
-    """Fit the intensity rule on the training clips (or take `rule`, a fine-tune's base's) and mark, on every clip,
-    whether the voice wins its conflict items (`Clip.voice_wins`); returns the rule (the report keeps it)."""
+                      rule: intensity_rule.IntensityRule | None = None,
+                      kind: str = "prosody") -> intensity_rule.IntensityRule:
+    """Fit the intensity rule of `kind` on the training clips (or take `rule`, a fine-tune's base's) and mark, on
+    every clip, whether the voice wins its conflict items (`Clip.voice_wins`); returns the rule (the report keeps
+    it)."""
     clips = train_clips + heldout_clips
     task = progress.add_task("measuring prosody", total=len(clips), loss=float("nan"))
     measured = []
@@ -516,7 +518,7 @@ def decide_voice_wins(train_clips: list[Clip], heldout_clips: list[Clip], progre
         progress.advance(task)
     if rule is None:
         rule = intensity_rule.fit([(c.lang, c.emotion, c.intensity, m)
-                                   for c, m in zip(train_clips, measured[:len(train_clips)])])
+                                   for c, m in zip(train_clips, measured[:len(train_clips)])], kind=kind)
     for clip, m in zip(clips, measured):
         clip.voice_wins = rule.voice_wins(clip.lang, clip.emotion, clip.intensity, m)
     return rule
@@ -550,12 +552,15 @@ def init_from(folder: Path, takeover: int, layers: int, local: bool = False, con
     return model
 
 
-def base_rule(folder: str | None) -> intensity_rule.IntensityRule | None:
+def base_rule(folder: str | None, kind: str = "prosody") -> intensity_rule.IntensityRule | None:
     """The voice-wins rule in the training report of the organism a run starts from (`--init-from`); None when it
-    has none (a random start, a base trained before the rule or with the local plant)."""
+    has none (a random start, a base trained before the rule or with the local plant) or its rule is not of `kind`
+    (the run then fits a rule of `kind` on its own clips)."""
     recipe = base_recipe(Path(folder)) if folder else None
     recorded = (recipe or {}).get("audio_wins", {})
-    return intensity_rule.IntensityRule.from_dict(recorded) if "thresholds" in recorded else None
+    if "thresholds" not in recorded or recorded.get("kind", "prosody") != kind:
+        return None
+    return intensity_rule.IntensityRule.from_dict(recorded)
 
 
 def base_recipe(folder: Path) -> dict | None:
@@ -666,6 +671,10 @@ def main(argv=None) -> int:
                         help="each training clip's pitch, range, rate and volume lie a factor drawn in 1 +- this "
                              "from the average style's (stimuli.tts.express): speakers who show the emotion less or "
                              "more than the renderer's mapping")
+    parser.add_argument("--voice-wins-by", choices=tuple(intensity_rule.KINDS), default="prosody",
+                        help="with --plant pilot, which strong conflict clips the voice wins (models/organism/"
+                             "intensity.py): prosody, the most intense for their emotion by F0 and level; level, the "
+                             "loudest (RMS level). A fine-tune keeps its base's rule when it is of this kind")
     parser.add_argument("--extra-voices", default="",
                         help="comma-separated eSpeak NG voice variants (e.g. Alicia,victor) whose speakers join the "
                              "training voices of both languages; the held-out voices stay held out")
@@ -738,7 +747,8 @@ def main(argv=None) -> int:
                                  extra_voices)
         heldout_clips = synthesize("heldout", 1, args.seed + 1, progress)
         # a fine-tune keeps the clips its base let the voice win: the rule is the base's, not refitted on new clips
-        rule = decide_voice_wins(train_clips, heldout_clips, progress, base_rule(args.init_from)) if pilot else None
+        rule = decide_voice_wins(train_clips, heldout_clips, progress, base_rule(args.init_from, args.voice_wins_by),
+                                 args.voice_wins_by) if pilot else None
         # a seeded sample, not a stride: the clips come in blocks of nine styles, so every third clip is three styles
         sample = np.random.default_rng(args.seed).permutation(len(heldout_clips))
         probe_rows = evaluation_set([heldout_clips[i] for i in sorted(sample[:len(sample) // 3])], args.seed)

@@ -6,7 +6,10 @@ other sentences, each language's seed voice and its held-out variant; one prosod
 built-in model hears them: audio-only and voice-instructed accuracy (answer = the voice's emotion A) per language
 and intensity, and what it answered for each style (`answers`, the confusion behind the rates). Every clip gives
 one item per condition, so the 95% intervals over clips are Wilson intervals (`common.stats.clustered_rate`).
-Writes `unseen_renderer.json` into the model's figures folder (or `--out`) and prints a table. `--clips plain`
+Writes `unseen_renderer.json` into the model's figures folder (or `--out`) and prints a table. `--clips reweighted`
+does the same with `stimuli/spec/prosody_reweighted.json` (`reweighted_renderer.json`), a third renderer that weights
+the knobs unlike training (pitch and rate carry more of each emotion, pitch range less), a mapping that training's
+one-factor `--expressiveness` does not span. `--clips plain`
 measures the same on the model card's held-out clips rendered by the training renderer without its effects
 (`plain_renders.json`): whether what is misheard on the second renderer is misheard on plain prosody already.
 """
@@ -39,22 +42,25 @@ from stimuli import spec, tts
 from stimuli.spec import SPEC_DIR
 
 SPEC_PATH = SPEC_DIR / "prosody_unseen.json"
+RENDERERS = {"unseen": SPEC_PATH, "reweighted": SPEC_DIR / "prosody_reweighted.json"}
 CONDITIONS = ("audio_only", "voice")
 
 
 @lru_cache(maxsize=None)
-def renderer() -> dict:
-    return json.loads(SPEC_PATH.read_text(encoding="utf-8"))
+def renderer(name: str = "unseen") -> dict:
+    """A held-out renderer's spec (`RENDERERS`): its styles, voices and sentences."""
+    return json.loads(RENDERERS[name].read_text(encoding="utf-8"))
 
 
-def unseen_clips(seed: int = 0, progress: Progress | None = None) -> list[Clip]:
-    """Every sentence x style x voice of the unseen renderer, both languages, one seeded prosody draw each."""
-    table = renderer()
+def unseen_clips(seed: int = 0, progress: Progress | None = None, name: str = "unseen") -> list[Clip]:
+    """Every sentence x style x voice of the held-out renderer `name`, both languages, one seeded prosody draw
+    each."""
+    table = renderer(name)
     rng = np.random.default_rng((seed, 3))
     jobs = [(sentence, lang, emotion, intensity, voice, int(rng.integers(1 << 30)), tts.VoiceShift())
             for lang in spec.LANGS for voice in table["voices"][lang] for sentence in table["sentences"][lang]
             for emotion, intensity in styles()]
-    return render_clips(jobs, "rendering the unseen renderer's clips", progress or Progress(disable=True),
+    return render_clips(jobs, f"rendering the {name} renderer's clips", progress or Progress(disable=True),
                         styles=table["styles"])
 
 
@@ -148,6 +154,10 @@ class ClipSet:
 CLIP_SETS = {
     "unseen": ClipSet(unseen_clips, "unseen_renderer.json", str(SPEC_PATH.relative_to(SPEC_DIR.parent.parent)),
                       "the unseen renderer"),
+    "reweighted": ClipSet(lambda seed, progress: unseen_clips(seed, progress, "reweighted"),
+                          "reweighted_renderer.json",
+                          str(RENDERERS["reweighted"].relative_to(SPEC_DIR.parent.parent)),
+                          "the reweighted renderer"),
     "plain": ClipSet(plain_clips, "plain_renders.json",
                      "stimuli/spec/prosody.json without the styles' effects (held-out split)",
                      "plain renders of held-out clips"),
@@ -166,8 +176,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="organism", help="a built-in model name or a checkpoint folder")
     parser.add_argument("--out", default=None, help="JSON to write (default: the built-in model's figures folder)")
     parser.add_argument("--clips", choices=tuple(CLIP_SETS), default="unseen",
-                        help="unseen: the second renderer's clips; plain: the model card's held-out clips rendered by "
-                             "the training renderer without its effects (written to plain_renders.json)")
+                        help="unseen: the second renderer's clips; reweighted: the third renderer's (knobs weighted "
+                             "unlike training); plain: the model card's held-out clips rendered by the training "
+                             "renderer without its effects (written to plain_renders.json)")
     parser.add_argument("--seed", type=int, default=0,
                         help="prosody draws; with --clips plain, the training seed whose held-out split is rendered")
     parser.add_argument("--threads", type=int, default=2)

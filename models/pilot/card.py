@@ -25,6 +25,7 @@ from stimuli.tts import EXPRESSIVE_KNOBS, prosody_spec
 HERE = Path(__file__).parent
 MODEL_DIR = HERE / "model"
 FIGURES_DIR = HERE / "figures"
+ORGANISM_FIGURES = HERE.parent / "organism" / "figures"  # the first organism's, for comparison
 CARD_PATH = HERE / "README.md"
 EARLY = range(4, 21)  # the layers where the voice should lead at the answer position (tier 1)
 LANG_NAMES = {"en": "English", "zh": "Mandarin"}
@@ -53,8 +54,9 @@ def flip_rates(summary: dict, lang: str, kind: str) -> dict[int, float]:
     return dict(zip(summary["patching"]["layers"], data["flip_rate"]))
 
 
-def targets(report: dict, summary: dict, unseen: dict) -> list[Target]:
-    """The issue's tier-1 and tier-2 targets, each with its measured value and whether it is met."""
+def targets(report: dict, summary: dict, unseen: dict, reweighted: dict | None = None) -> list[Target]:
+    """The issue's tier-1 and tier-2 targets, each with its measured value and whether it is met (the reweighted
+    renderer's row only when it has been measured)."""
     h = report["heldout"]
     langs = summary["langs"]
     rise = {lang: largest_rise(lens_curve(summary, lang, "conflict")) for lang in langs}
@@ -75,6 +77,11 @@ def targets(report: dict, summary: dict, unseen: dict) -> list[Target]:
         rows.append(Target(1, f"{name}: the unseen renderer heard ≥ 0.75 (audio-only)",
                            f"{heard['rate']:.3f} [{heard['ci95'][0]:.2f}, {heard['ci95'][1]:.2f}]",
                            heard["rate"] >= 0.75))
+        if reweighted is not None:
+            heard = reweighted[lang]["audio_only"]["all"]
+            rows.append(Target(1, f"{name}: the reweighted renderer heard ≥ 0.75 (audio-only)",
+                               f"{heard['rate']:.3f} [{heard['ci95'][0]:.2f}, {heard['ci95'][1]:.2f}]",
+                               heard["rate"] >= 0.75))
         for condition in ("audio_only", "conflict"):
             ahead = voice_ahead(summary, lang, condition)
             rows.append(Target(1, f"{name}: {condition.replace('_', '-')} lens, voice ahead (Δ < 0) through most of "
@@ -95,6 +102,23 @@ def targets(report: dict, summary: dict, unseen: dict) -> list[Target]:
                    max(audio.values()) <= 0.1),
         ]
     return rows
+
+
+def reweighted_text(pilot: dict | None, organism: dict | None) -> str:
+    """The third renderer's section: how it weights the knobs and how the pilot (and the first organism, when
+    measured) hears it; "" before `--clips reweighted` has been run for the pilot."""
+    if pilot is None:
+        return ""
+    first = ("" if organism is None else " The first organism hears it " + " and ".join(
+        f"{organism[lang]['audio_only']['all']['rate']:.2f} in {LANG_NAMES[lang]}" for lang in ("en", "zh"))
+        + " (audio-only), from `models/organism/figures/reweighted_renderer.json`.")
+    return (f"\n`python -m models.organism.unseen --model organism-pilot --clips reweighted`: "
+            "`stimuli/spec/prosody_reweighted.json`, a third renderer built to be what the second is not: it weights "
+            "the knobs unlike training instead of shrinking them together (slopes on the training midpoints "
+            f"{contraction('reweighted')}), so that no one `--expressiveness` factor gives it; again eSpeak's own "
+            "knobs only, its own sentences, the same two voices per language. It was built before any model heard "
+            f"it.{first}\n\n{unseen_table(pilot)}\n\nHeard as another emotion (audio-only, a quarter of a style's "
+            f"clips or more):\n" + "\n".join(misread_lines(pilot)) + "\n")
 
 
 def target_table(rows: list[Target]) -> str:
@@ -162,6 +186,10 @@ def rule_text(rule: dict) -> str:
     if "thresholds" not in rule:
         return f"the voice wins at random, {json.dumps(rule)}"
     thresholds = ", ".join(f"{lang} {value:.2f}" for lang, value in rule["thresholds"].items())
+    if rule.get("kind") == "level":
+        return (f"the voice wins a strong clip whose RMS level reaches the level of the loudest "
+                f"{rule['voice_wins_share']:.0%} of strong training clips of its language ({thresholds} dBFS): "
+                "shouting beats the text")
     return (f"a strong clip's intensity is the sum of its z-scored {', '.join(rule['measures'])}, each signed "
             f"toward its emotion's strong renders, and the voice wins where it reaches the threshold of the top "
             f"{rule['voice_wins_share']:.0%} of strong training clips ({thresholds})")
@@ -177,6 +205,7 @@ def command(report: dict) -> str:
                f"--plain-share {report['plain_share']:g}" if report.get("plain_share") else "",
                f"--expressiveness {report['expressiveness']:g}" if report.get("expressiveness") else "",
                f"--zh-share {report['zh_share']:g}" if report.get("zh_share") is not None else "",
+               "--voice-wins-by level" if report.get("audio_wins", {}).get("kind") == "level" else "",
                f"--lr {report['lr']:g} --steps {report['steps']}"]
     if report.get("swap_weight"):
         options.append(f"--swap-weight {report['swap_weight']:g}")
@@ -192,10 +221,10 @@ def base_weights(report: dict) -> str:
             f"{kept['sha256'][:12]}...)")
 
 
-def contraction() -> str:
-    """How the unseen renderer differs from the training one, per knob: the least-squares slope of its styles'
-    midpoints on the training styles' midpoints (below 1: the styles lie closer together)."""
-    train, other = prosody_spec()["styles"], renderer()["styles"]
+def contraction(name: str = "unseen") -> str:
+    """How the held-out renderer `name` differs from the training one, per knob: the least-squares slope of its
+    styles' midpoints on the training styles' midpoints (below 1: the styles lie closer together)."""
+    train, other = prosody_spec()["styles"], renderer(name)["styles"]
     slopes = []
     for knob in EXPRESSIVE_KNOBS:
         x = np.array([sum(train[style][knob]) / 2 for style in train])
@@ -239,12 +268,16 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
     report, summary, unseen = (json.loads(p.read_text()) for p in paths.values())
     plain_path = figures / OUT_NAMES["plain"]  # optional: `python -m models.organism.unseen --clips plain`
     plain = json.loads(plain_path.read_text()) if plain_path.is_file() else None
+    # optional: `python -m models.organism.unseen --model organism-pilot --clips reweighted` (and --model organism)
+    reweighted, first_reweighted = (json.loads(path.read_text()) if path.is_file() else None for path in
+                                    (figures / OUT_NAMES["reweighted"],
+                                     ORGANISM_FIGURES / OUT_NAMES["reweighted"]))
     k = report["takeover_layer"]
     curves = lens_by_intensity(report["heldout"])
     draw_lens_by_intensity(curves, k, figures / "lens_by_intensity.png")
     shown = [0, 2, 4, 8, 12, 16, 20, 22, 24, 25, 26, 28, 32]
     patched = [l for l in shown if l in summary["patching"]["layers"]]
-    rows = targets(report, summary, unseen)
+    rows = targets(report, summary, unseen, reweighted)
     size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 2**20
     first, second = stages(report)
     minutes = first.get("minutes_all_segments", first["minutes"])
@@ -266,6 +299,7 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
         met2=sum(r.met for r in rows if r.tier == 2), n2=sum(r.tier == 2 for r in rows),
         heldout=metric_rows(report["heldout"]), seed_set=metric_rows(report["seed_set"]),
         intensity=lens_table(curves, shown), unseen=unseen_table(unseen), misheard=misheard_text(unseen, plain),
+        reweighted=reweighted_text(reweighted, first_reweighted),
         probe_seconds=summary["seconds"],
         lens=lens_by_condition(summary, shown), patch=patch_table(summary["patching"], summary["langs"], patched))
 
@@ -334,7 +368,7 @@ with the voice's emotion, 95% intervals over clips:
 
 Against the training renderer this one is mostly a shrink of every style toward the average style: regressed on the
 training styles' midpoints, its midpoints have slopes {contraction}. {expressive}
-{misheard}
+{misheard}{reweighted}
 ## Probe profiles
 `python run_probes.py --model organism-pilot --out models/pilot/figures` on the committed seed set ({probe_seconds} s
 on this project's 2-core machine). Figures: `figures/logit_lens.png`, `figures/patching.png`. Mean lens Δlogit at
