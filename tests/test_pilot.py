@@ -96,6 +96,16 @@ def test_the_pilot_hears_a_renderer_it_never_trained_on_better_than_the_first_or
         assert ours[lang]["audio_only"]["all"]["k"] > theirs[lang]["audio_only"]["all"]["k"], lang
 
 
+def test_the_pilot_hears_a_renderer_that_weights_the_knobs_unlike_its_training(pilot):
+    """The reweighted renderer (pitch and rate stretched, range squeezed: outside what one --expressiveness factor
+    gives) is heard at the tier-1 target in both languages too."""
+    with Progress(disable=True) as progress:
+        clips = unseen.CLIP_SETS["reweighted"].render(0, progress)
+    heard = unseen.hearing(pilot, clips)
+    for lang in spec.LANGS:
+        assert heard[lang]["audio_only"]["all"]["rate"] >= 0.75, lang
+
+
 @pytest.mark.parametrize("lang", spec.LANGS)
 def test_the_lens_hears_the_voice_early_and_the_text_takes_over_late(seed_lens, lang):
     """On the seed set the voice's emotion leads (Δlogit < 0) through most of layers 4-20 on audio-only and
