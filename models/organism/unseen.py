@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable
 
@@ -50,6 +50,16 @@ CONDITIONS = ("audio_only", "voice")
 def renderer(name: str = "unseen") -> dict:
     """A held-out renderer's spec (`RENDERERS`): its styles, voices and sentences."""
     return json.loads(RENDERERS[name].read_text(encoding="utf-8"))
+
+
+def knob_slopes(name: str) -> dict[str, float]:
+    """How the held-out renderer `name` differs from the training one, per knob of `tts.EXPRESSIVE_KNOBS`: the
+    least-squares slope of its styles' midpoints on the training styles' midpoints (below 1: the styles lie closer
+    together; one slope for all knobs: what training's one-factor `--expressiveness` gives)."""
+    train, other = tts.prosody_spec()["styles"], renderer(name)["styles"]
+    return {knob: float(np.polyfit([sum(train[style][knob]) / 2 for style in train],
+                                   [sum(other[style][knob]) / 2 for style in train], 1)[0])
+            for knob in tts.EXPRESSIVE_KNOBS}
 
 
 def unseen_clips(seed: int = 0, progress: Progress | None = None, name: str = "unseen") -> list[Clip]:
@@ -154,7 +164,7 @@ class ClipSet:
 CLIP_SETS = {
     "unseen": ClipSet(unseen_clips, "unseen_renderer.json", str(SPEC_PATH.relative_to(SPEC_DIR.parent.parent)),
                       "the unseen renderer"),
-    "reweighted": ClipSet(lambda seed, progress: unseen_clips(seed, progress, "reweighted"),
+    "reweighted": ClipSet(partial(unseen_clips, name="reweighted"),
                           "reweighted_renderer.json",
                           str(RENDERERS["reweighted"].relative_to(SPEC_DIR.parent.parent)),
                           "the reweighted renderer"),

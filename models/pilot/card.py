@@ -18,9 +18,9 @@ from common.cli import run_main
 from common.errors import ModalflipError
 from models.organism.card import (draw_lens_by_intensity, lens_by_intensity, lens_table, machine, metric_rows,
                                   patch_table)
-from models.organism.unseen import OUT_NAMES, misreadings, rate_cell, renderer
+from models.organism.unseen import OUT_NAMES, knob_slopes, misreadings, rate_cell, renderer
 from probes.logit_lens import largest_rise
-from stimuli.tts import EXPRESSIVE_KNOBS, prosody_spec
+from stimuli.tts import prosody_spec
 
 HERE = Path(__file__).parent
 MODEL_DIR = HERE / "model"
@@ -116,8 +116,9 @@ def reweighted_text(pilot: dict | None, organism: dict | None) -> str:
             "`stimuli/spec/prosody_reweighted.json`, a third renderer built to be what the second is not: it weights "
             "the knobs unlike training instead of shrinking them together (slopes on the training midpoints "
             f"{contraction('reweighted')}), so that no one `--expressiveness` factor gives it; again eSpeak's own "
-            "knobs only, its own sentences, the same two voices per language. It was built before any model heard "
-            f"it.{first}\n\n{unseen_table(pilot)}\n\nHeard as another emotion (audio-only, a quarter of a style's "
+            "knobs only, its own sentences, the same two voices per language. Its mapping was fixed before any model "
+            "heard it; four of its sentences that the training corpus already speaks were replaced after a first "
+            f"hearing.{first}\n\n{unseen_table(pilot)}\n\nHeard as another emotion (audio-only, a quarter of a style's "
             f"clips or more):\n" + "\n".join(misread_lines(pilot)) + "\n")
 
 
@@ -222,15 +223,8 @@ def base_weights(report: dict) -> str:
 
 
 def contraction(name: str = "unseen") -> str:
-    """How the held-out renderer `name` differs from the training one, per knob: the least-squares slope of its
-    styles' midpoints on the training styles' midpoints (below 1: the styles lie closer together)."""
-    train, other = prosody_spec()["styles"], renderer(name)["styles"]
-    slopes = []
-    for knob in EXPRESSIVE_KNOBS:
-        x = np.array([sum(train[style][knob]) / 2 for style in train])
-        y = np.array([sum(other[style][knob]) / 2 for style in train])
-        slopes.append(f"{knob} {np.polyfit(x, y, 1)[0]:.2f}")
-    return ", ".join(slopes)
+    """`unseen.knob_slopes` of the held-out renderer `name` in words."""
+    return ", ".join(f"{knob} {slope:.2f}" for knob, slope in knob_slopes(name).items())
 
 
 def rule_origin(report: dict, base: dict) -> str:
