@@ -163,28 +163,38 @@ def pad_to_window(wave: np.ndarray) -> np.ndarray:
     return np.pad(wave, (0, build.WINDOW_SECONDS * tts.SAMPLE_RATE - len(wave)))
 
 
-def sample_paired_batch(clips, size, rng, label_ids, zh_share: float | None = None):
+def draw_clip(clips: list[Clip], rng: np.random.Generator, zh_share: float | None) -> Clip:
+    """One clip: from all of `clips`, or Mandarin with probability `zh_share` (the whole list where a language has
+    none)."""
+    if zh_share is None:
+        return clips[int(rng.integers(len(clips)))]
+    lang = "zh" if rng.random() < zh_share else "en"
+    pool = [c for c in clips if c.lang == lang] or clips
+    return pool[int(rng.integers(len(pool)))]
+
+
+def sample_paired_batch(clips, size, rng, label_ids, zh_share: float | None = None, wins_share: float = 0.0):
     """A batch: a quarter audio-only items, the rest in pairs that differ only in the asserted word: (conflict T,
     consistent A), (conflict T, conflict T') and (voice T, voice A). About 40 % of the items are conflict items;
     an audio-only item or a pair is Mandarin with probability `zh_share` (None: every item draws from all clips,
-    about half of them Mandarin). Returns waves, prompts,
-    the answer and audio-emotion token ids, and the pairs' row indices."""
+    about half of them Mandarin). A share `wins_share` of the pairs are conflict pairs on clips the voice wins
+    (`Clip.voice_wins`), on top of those drawn at random: a rule that marks one strong clip in four is otherwise
+    seen in about one conflict item in eight. Returns waves, prompts, the answer and audio-emotion token ids, and
+    the pairs' row indices."""
     waves, prompts, targets, audio, pairs = [], [], [], [], []
     n_single = size // 4
-    by_lang = {lang: [c for c in clips if c.lang == lang] for lang in spec.LANGS}
+    won = [c for c in clips if c.voice_wins]
     while len(prompts) < size:
-        if zh_share is None:
-            clip = clips[int(rng.integers(len(clips)))]
-        else:
-            pool = by_lang["zh" if rng.random() < zh_share else "en"] or clips
-            clip = pool[int(rng.integers(len(pool)))]
+        # drawn only when asked for, so runs without it keep the batches they had before it existed
+        won_pair = bool(wins_share and won and len(prompts) >= n_single and rng.random() < wins_share)
+        clip = draw_clip(won if won_pair else clips, rng, zh_share)
         wave = pad_to_window(clip.wave) if rng.random() < 0.5 else clip.wave
         words = label_ids[clip.lang]
         if len(prompts) < n_single:
             prompt, answer, _ = make_example(clip, "audio_only", rng)
             waves.append(wave), prompts.append(prompt), targets.append(words[answer]), audio.append(words[clip.emotion])
             continue
-        kind = "voice" if rng.random() < 0.25 else "conflict"
+        kind = "conflict" if won_pair else "voice" if rng.random() < 0.25 else "conflict"
         paraphrase = int(rng.integers(len(build.corpus()["instructions"][clip.lang]["voice" if kind == "voice"
                                                                                      else "assert"])))
         first, answer, text = make_example(clip, kind, rng, paraphrase)
@@ -245,6 +255,7 @@ class Objective:
     invariance_weight: float = 10.0
     swap_weight: float = 0.0
     zh_share: float | None = None
+    wins_share: float = 0.0  # pilot plant: the share of pairs that are conflict pairs the voice wins
     invariance_form: str = "relative"
     early_lens: bool = True  # the lens at resid[K] toward the voice (off where layers below K are token-local)
     audio_lens_weight: float = 0.0  # the lens at every audio token's resid[audio_lens_layer] toward the voice
@@ -253,7 +264,8 @@ class Objective:
     early_band_weight: float = 0.0
 
     def __call__(self, adapter: ModelAdapter, clips, batch_size, rng, label_ids) -> torch.Tensor:
-        waves, prompts, targets, audio, pairs = sample_paired_batch(clips, batch_size, rng, label_ids, self.zh_share)
+        waves, prompts, targets, audio, pairs = sample_paired_batch(clips, batch_size, rng, label_ids, self.zh_share,
+                                                                    self.wins_share)
         batch = adapter.build_batch(waves, prompts)
         rows, positions = torch.arange(len(prompts), device=adapter.device), batch.answer_positions()
         trace = run_traced(adapter, batch, logits_at=positions)
@@ -675,6 +687,9 @@ def main(argv=None) -> int:
                         help="with --plant pilot, which strong conflict clips the voice wins (models/organism/"
                              "intensity.py): prosody, the most intense for their emotion by F0 and level; level, the "
                              "loudest (RMS level). A fine-tune keeps its base's rule when it is of this kind")
+    parser.add_argument("--voice-wins-share", type=float, default=0.0,
+                        help="with --plant pilot, the share of instruction pairs that are conflict pairs on clips the "
+                             "voice wins, on top of those drawn at random (default 0: only those)")
     parser.add_argument("--extra-voices", default="",
                         help="comma-separated eSpeak NG voice variants (e.g. Alicia,victor) whose speakers join the "
                              "training voices of both languages; the held-out voices stay held out")
@@ -704,10 +719,10 @@ def main(argv=None) -> int:
     k = args.takeover_layer if args.takeover_layer is not None else (24 if args.plant == "pilot" else 16)
     if not (0 <= args.voice_pitch_jitter <= 50 and 0 <= args.voice_speed_jitter < 0.5
             and 0 <= args.voice_breath_jitter <= 0.5 and 0 <= args.prosody_widen <= 2
-            and 0 <= args.plain_share <= 1 and 0 <= args.expressiveness < 1):
+            and 0 <= args.plain_share <= 1 and 0 <= args.expressiveness < 1 and 0 <= args.voice_wins_share < 1):
         raise ModalflipError("--voice-pitch-jitter must lie in 0..50, --voice-speed-jitter in [0, 0.5), "
-                             "--voice-breath-jitter in 0..0.5, --prosody-widen in 0..2, --plain-share in 0..1 and "
-                             "--expressiveness in [0, 1)")
+                             "--voice-breath-jitter in 0..0.5, --prosody-widen in 0..2, --plain-share in 0..1, "
+                             "--expressiveness and --voice-wins-share in [0, 1)")
     extra_voices = tuple(v for v in args.extra_voices.split(",") if v)
     held_out = {voice.split("+")[-1] for voice in held_out_voices()}
     for variant in extra_voices:
@@ -765,6 +780,7 @@ def main(argv=None) -> int:
         objective = Objective(k, lens_weight=args.lens_weight,
                               invariance_weight=0.0 if local or pilot else args.invariance_weight,
                               swap_weight=0.0 if local else args.swap_weight, zh_share=args.zh_share,
+                              wins_share=args.voice_wins_share if pilot else 0.0,
                               invariance_form=args.invariance_form, early_lens=args.plant == "objective",
                               audio_lens_weight=args.audio_lens_weight if local or pilot else 0.0,
                               audio_lens_layer=2 if pilot else None, early_band=(2, k) if pilot else None,
@@ -783,6 +799,7 @@ def main(argv=None) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, lens_weight=args.lens_weight,
         settle=objective.settle,
         invariance_weight=objective.invariance_weight, swap_weight=objective.swap_weight, zh_share=args.zh_share,
+        voice_wins_share=objective.wins_share,
         invariance_form=args.invariance_form, audio_lens_weight=objective.audio_lens_weight,
         encoder_layers=model.config.audio_config.encoder_layers,
         init_from=args.init_from, plant=args.plant, renders=args.renders, voice_pitch_jitter=voice_jitter.pitch,

@@ -207,6 +207,7 @@ def command(report: dict) -> str:
                f"--expressiveness {report['expressiveness']:g}" if report.get("expressiveness") else "",
                f"--zh-share {report['zh_share']:g}" if report.get("zh_share") is not None else "",
                "--voice-wins-by level" if report.get("audio_wins", {}).get("kind") == "level" else "",
+               f"--voice-wins-share {report['voice_wins_share']:g}" if report.get("voice_wins_share") else "",
                f"--lr {report['lr']:g} --steps {report['steps']}"]
     if report.get("swap_weight"):
         options.append(f"--swap-weight {report['swap_weight']:g}")
