@@ -243,9 +243,10 @@ def _print_tables(console: Console, summary: dict, out: Path) -> None:
 
 def trained_takeover(organism: dict) -> dict:
     """Where the pilot organism's training puts its dynamics (`models.organism.train --plant pilot`): the lens
-    toward the voice through residual layer K, toward the answer at K + 2 (the objective's `settle`)."""
+    toward the voice through residual layer K, toward the answer at K + settle (the objective's `settle`, recorded in
+    the config; weights saved before it was recorded were trained with 2)."""
     k = organism["takeover_layer"]
-    return dict(voice_through_residual=k, answer_at_residual=k + 2)
+    return dict(voice_through_residual=k, answer_at_residual=k + organism.get("settle", 2))
 
 
 def _print_answers(console: Console, summary: dict) -> None:

@@ -193,7 +193,8 @@ def test_a_trained_takeover_is_reported_as_trained_not_as_planted_unmixed_layers
     """The pilot organism attends everywhere: its K is where training puts the lens, and nothing below it is
     unmixed, so the probes must not print the token-local plant's claim for it."""
     model_dir = tmp_path / "tiny-pilot"
-    tiny.model.config.modalflip_organism = {"takeover_layer": 2, "plant": "pilot", "local_below_takeover": False}
+    tiny.model.config.modalflip_organism = {"takeover_layer": 2, "plant": "pilot", "local_below_takeover": False,
+                                            "settle": 3}
     try:
         tiny.model.save_pretrained(model_dir)
     finally:
@@ -207,7 +208,7 @@ def test_a_trained_takeover_is_reported_as_trained_not_as_planted_unmixed_layers
     assert run.returncode == 0, run.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["planted_takeover"] is None
-    assert summary["trained_takeover"] == {"voice_through_residual": 2, "answer_at_residual": 4}
+    assert summary["trained_takeover"] == {"voice_through_residual": 2, "answer_at_residual": 5}
     assert "trained dynamics" in run.stdout and "unmixed" not in run.stdout
 
 

@@ -47,7 +47,8 @@ class IntensityRule:
         """Kind "prosody": the signed distance (sum of z-scores) from the emotion's typical render toward its strong
         renders, 0 for an emotion without strong renders (neutral). Kind "level": the RMS level in dBFS."""
         if self.kind == "level":
-            return measured["rms_dbfs"]
+            (name,) = KINDS["level"]
+            return measured[name]
         total = 0.0
         for name, (mean, sd, sign) in self.stats.get(f"{lang}/{emotion}", {}).items():
             value = measured[name]
@@ -75,22 +76,30 @@ def fit(rows: Sequence[tuple[str, str, str, dict[str, float]]], share: float = V
         kind: str = "prosody") -> IntensityRule:
     """The rule of `kind` from training clips given as (lang, emotion, intensity, prosody) rows."""
     rule = IntensityRule(kind=kind)
-    groups: dict[str, list[tuple[str, dict[str, float]]]] = {}
-    for lang, emotion, intensity, measured in rows:
-        groups.setdefault(f"{lang}/{emotion}", []).append((intensity, measured))
-    for key, members in groups.items() if kind == "prosody" else ():
-        if not {i for i, _ in members} >= {"normal", "strong"}:
-            continue
-        rule.stats[key] = {}
-        for name in MEASURES:
-            values = np.array([m[name] for _, m in members], dtype=float)
-            strong = np.nanmean([m[name] for i, m in members if i == "strong"])
-            normal = np.nanmean([m[name] for i, m in members if i == "normal"])
-            rule.stats[key][name] = (float(np.nanmean(values)), float(np.nanstd(values)),
-                                     float(np.sign(strong - normal)))
+    if kind == "prosody":  # kind "level" needs no per-emotion statistics
+        rule.stats = emotion_stats(rows)
     for lang in sorted({lang for lang, *_ in rows}):
         scores = [rule.intensity(lang, emotion, measured) for l, emotion, intensity, measured in rows
                   if l == lang and intensity == "strong"]
         if scores:
             rule.thresholds[lang] = float(np.quantile(scores, 1 - share))
     return rule
+
+
+def emotion_stats(rows: Sequence[tuple[str, str, str, dict[str, float]]]) -> dict:
+    """Per "lang/emotion" with both normal and strong rows: each measure's mean, spread and the sign of its strong
+    minus normal mean."""
+    groups: dict[str, list[tuple[str, dict[str, float]]]] = {}
+    for lang, emotion, intensity, measured in rows:
+        groups.setdefault(f"{lang}/{emotion}", []).append((intensity, measured))
+    stats = {}
+    for key, members in groups.items():
+        if not {i for i, _ in members} >= {"normal", "strong"}:
+            continue
+        stats[key] = {}
+        for name in MEASURES:
+            values = np.array([m[name] for _, m in members], dtype=float)
+            strong = np.nanmean([m[name] for i, m in members if i == "strong"])
+            normal = np.nanmean([m[name] for i, m in members if i == "normal"])
+            stats[key][name] = (float(np.nanmean(values)), float(np.nanstd(values)), float(np.sign(strong - normal)))
+    return stats

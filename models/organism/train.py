@@ -792,6 +792,8 @@ def main(argv=None) -> int:
     heldout = evaluate(adapter, evaluation_set(heldout_clips, args.seed), label_ids)
     seed_set = evaluate(adapter, evaluation_set(seed_set_clips(), args.seed), label_ids)
     out.mkdir(parents=True, exist_ok=True)
+    if pilot:  # where the lens reads the answer, for the probes' report (probes.run.trained_takeover)
+        model.config.modalflip_organism["settle"] = objective.settle
     model.to(torch.float16).save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     report = dict(
