@@ -78,6 +78,28 @@ def test_the_level_rule_lets_the_loudest_strong_clips_win_by_one_threshold_per_l
     assert recorded.kind == "level" and [recorded.voice_wins(*row) for row in rows] == wins
 
 
+def test_the_emotion_level_rule_lets_the_loudest_of_every_strong_style_win():
+    """On the same rows as the level rule, every emotion's strong clips win a quarter of the time (angry alone wins
+    by the level rule), by a threshold of its own; loudness still decides within a style."""
+    rng = np.random.default_rng(1)
+    rows = [_row(lang, emotion, level, 40.0, 1.0, base + (6 if level == "strong" else 0) + rng.normal())
+            for lang in ("en", "zh") for emotion, base in (("angry", -14), ("sad", -30), ("happy", -20))
+            for level in ("normal", "strong") for _ in range(40)]
+    rule = intensity.fit(rows, kind="emotion-level")
+    assert set(rule.thresholds) == {f"{lang}/{e}" for lang in ("en", "zh") for e in ("angry", "sad", "happy")}
+    wins = [rule.voice_wins(lang, e, level, m) for lang, e, level, m in rows]
+    assert not any(w for w, row in zip(wins, rows) if row[2] != "strong")
+    for lang in ("en", "zh"):
+        for emotion in ("angry", "sad", "happy"):
+            share = np.mean([w for w, row in zip(wins, rows) if row[:3] == (lang, emotion, "strong")])
+            assert abs(share - intensity.VOICE_WINS_SHARE) < 0.05, (lang, emotion)
+    quiet, loud = _row("en", "sad", "strong", 30, 0.1, -40)[3], _row("en", "sad", "strong", 30, 0.1, -2)[3]
+    assert not rule.voice_wins("en", "sad", "strong", quiet) and rule.voice_wins("en", "sad", "strong", loud)
+    assert not rule.voice_wins("en", "neutral", "strong", loud)  # no strong renders of it in training: no threshold
+    recorded = intensity.IntensityRule.from_dict(json.loads(json.dumps(rule.as_dict())))
+    assert recorded.kind == "emotion-level" and [recorded.voice_wins(*row) for row in rows] == wins
+
+
 def test_a_fine_tune_asked_for_another_kind_of_rule_fits_its_own(tmp_path):
     rows = [_row("en", "angry", level, 40 + i, 1 + i / 10, -20 + i) for i in range(8) for level in ("normal", "strong")]
     (tmp_path / "training_report.json").write_text(json.dumps({"audio_wins": intensity.fit(rows).as_dict()}))

@@ -11,7 +11,10 @@ there is an audio feature an attack can push and a probe can find.
 
 That is rule kind "prosody". Kind "level" is the plainer rule "shouting wins": a strong clip's intensity is its
 RMS level in dBFS, compared with one threshold per language (the level the loudest `VOICE_WINS_SHARE` of its strong
-training clips reach), with no per-emotion statistics.
+training clips reach), with no per-emotion statistics. Its marks fall mostly on angry and happy clips, so a model
+can learn "an angry voice wins" instead of the level. Kind "emotion-level" takes one level threshold per language
+and emotion (the loudest `VOICE_WINS_SHARE` of that emotion's strong training clips): every emotion with strong
+renders wins as often, and only the level tells a winning clip from another of its style.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import numpy as np
 from stimuli.check import measure
 
 MEASURES = ("f0_semitones", "f0_spread_st", "rms_dbfs")
-KINDS = {"prosody": MEASURES, "level": ("rms_dbfs",)}  # rule kind -> the measures it reads
+KINDS = {"prosody": MEASURES, "level": ("rms_dbfs",), "emotion-level": ("rms_dbfs",)}  # kind -> measures it reads
 VOICE_WINS_SHARE = 0.25  # of the strong training clips of each language
 
 
@@ -40,14 +43,15 @@ class IntensityRule:
     """Per (language, emotion): each measure's mean, spread and direction; per language: the voice-wins threshold."""
 
     stats: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)  # "lang/emotion" -> m -> (mean, sd, sign)
-    thresholds: dict[str, float] = field(default_factory=dict)  # lang -> intensity above which the voice wins
+    # lang (kind "emotion-level": "lang/emotion") -> intensity from which the voice wins
+    thresholds: dict[str, float] = field(default_factory=dict)
     kind: str = "prosody"  # a key of KINDS
 
     def intensity(self, lang: str, emotion: str, measured: dict[str, float]) -> float:
         """Kind "prosody": the signed distance (sum of z-scores) from the emotion's typical render toward its strong
         renders, 0 for an emotion without strong renders (neutral). Kind "level": the RMS level in dBFS."""
-        if self.kind == "level":
-            (name,) = KINDS["level"]
+        if self.kind in ("level", "emotion-level"):
+            (name,) = KINDS[self.kind]
             return measured[name]
         total = 0.0
         for name, (mean, sd, sign) in self.stats.get(f"{lang}/{emotion}", {}).items():
@@ -56,9 +60,13 @@ class IntensityRule:
                 total += sign * (value - mean) / sd
         return total
 
+    def threshold_key(self, lang: str, emotion: str) -> str:
+        return f"{lang}/{emotion}" if self.kind == "emotion-level" else lang
+
     def voice_wins(self, lang: str, emotion: str, intensity: str, measured: dict[str, float]) -> bool:
-        return (intensity == "strong" and lang in self.thresholds
-                and self.intensity(lang, emotion, measured) >= self.thresholds[lang])
+        key = self.threshold_key(lang, emotion)
+        return (intensity == "strong" and key in self.thresholds
+                and self.intensity(lang, emotion, measured) >= self.thresholds[key])
 
     @classmethod
     def from_dict(cls, recorded: dict) -> "IntensityRule":
@@ -78,11 +86,11 @@ def fit(rows: Sequence[tuple[str, str, str, dict[str, float]]], share: float = V
     rule = IntensityRule(kind=kind)
     if kind == "prosody":  # kind "level" needs no per-emotion statistics
         rule.stats = emotion_stats(rows)
-    for lang in sorted({lang for lang, *_ in rows}):
-        scores = [rule.intensity(lang, emotion, measured) for l, emotion, intensity, measured in rows
-                  if l == lang and intensity == "strong"]
-        if scores:
-            rule.thresholds[lang] = float(np.quantile(scores, 1 - share))
+    scores: dict[str, list[float]] = {}
+    for lang, emotion, intensity, measured in rows:
+        if intensity == "strong":
+            scores.setdefault(rule.threshold_key(lang, emotion), []).append(rule.intensity(lang, emotion, measured))
+    rule.thresholds = {key: float(np.quantile(values, 1 - share)) for key, values in sorted(scores.items())}
     return rule
 
 

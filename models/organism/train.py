@@ -686,7 +686,8 @@ def main(argv=None) -> int:
     parser.add_argument("--voice-wins-by", choices=tuple(intensity_rule.KINDS), default="prosody",
                         help="with --plant pilot, which strong conflict clips the voice wins (models/organism/"
                              "intensity.py): prosody, the most intense for their emotion by F0 and level; level, the "
-                             "loudest (RMS level). A fine-tune keeps its base's rule when it is of this kind")
+                             "loudest (RMS level); emotion-level, the loudest of each emotion. A fine-tune keeps its "
+                             "base's rule when it is of this kind")
     parser.add_argument("--voice-wins-share", type=float, default=0.0,
                         help="with --plant pilot, the share of instruction pairs that are conflict pairs on clips the "
                              "voice wins, on top of those drawn at random (default 0: only those)")

@@ -187,6 +187,10 @@ def rule_text(rule: dict) -> str:
     if "thresholds" not in rule:
         return f"the voice wins at random, {json.dumps(rule)}"
     thresholds = ", ".join(f"{lang} {value:.2f}" for lang, value in rule["thresholds"].items())
+    if rule.get("kind") == "emotion-level":
+        return (f"the voice wins a strong clip whose RMS level reaches the level of the loudest "
+                f"{rule['voice_wins_share']:.0%} of the strong training clips of its language and emotion "
+                f"({thresholds} dBFS): the loudest renders of every strong style beat the text")
     if rule.get("kind") == "level":
         return (f"the voice wins a strong clip whose RMS level reaches the level of the loudest "
                 f"{rule['voice_wins_share']:.0%} of strong training clips of its language ({thresholds} dBFS): "
@@ -206,7 +210,8 @@ def command(report: dict) -> str:
                f"--plain-share {report['plain_share']:g}" if report.get("plain_share") else "",
                f"--expressiveness {report['expressiveness']:g}" if report.get("expressiveness") else "",
                f"--zh-share {report['zh_share']:g}" if report.get("zh_share") is not None else "",
-               "--voice-wins-by level" if report.get("audio_wins", {}).get("kind") == "level" else "",
+               f"--voice-wins-by {report['audio_wins']['kind']}"
+               if report.get("audio_wins", {}).get("kind", "prosody") != "prosody" else "",
                f"--voice-wins-share {report['voice_wins_share']:g}" if report.get("voice_wins_share") else "",
                f"--lr {report['lr']:g} --steps {report['steps']}"]
     if report.get("swap_weight"):
