@@ -426,6 +426,16 @@ over the receivers' clips):
   Mandarin 7 of 8 strong happy, 3 of 8 strong angry, 4 of 8 normal angry and one neutral clip; of the strong
   training clips the level rule marks, about two thirds are angry and a third happy (`--voice-wins-by
   emotion-level` gives every strong style its own threshold, to take that shortcut away).
+- Loudest of each style wins (the same second stage with `--voice-wins-by emotion-level --voice-wins-share 0.12`;
+  commit afec602, 19.4 minutes on one thread with the other core busy): held-out conflict follows T, normal /
+  strong, English 1.000 / 0.969, Mandarin 0.925 / 0.750, so both languages are graded with normal clips over 0.90;
+  but voice-instructed accuracy fell to 0.889 / 0.819 and audio-only to 0.931 / 0.931.
+- Patch Text as a training signal on these weights (a third stage: `--init-from models/pilot/model --swap-weight 1
+  --lr 5e-4 --steps 200` with the stage-2 options; commit 9e4453a, 25.9 minutes on one thread with the other core
+  busy; the swap layer drawn in 1–23): the seed-set probes' Patch Text flips 1.00 in layers 1–17 (en) and 1–16
+  (zh), then en 0.83, 0.78, 0.78 in layers 18–20 and zh 0.89, 0.78, 0.67 in 17–20, 0 from layer 25 (en) and 27
+  (zh); tier 2 is missed by 0.02 (en) and 0.13 (zh) at layer 20. Hearing kept (audio-only 0.986 / 0.917,
+  voice-instructed 0.931 / 0.903), conflict follows T 1.000 on normal and strong clips (not graded).
 
 ## Known limits
 - No held-out conflict answer goes the voice's way: the graded row above is not met in either language (the
@@ -435,8 +445,8 @@ over the receivers' clips):
   voices it marks other clips than on the training voices; and the model has not learnt it even on its training
   clips: on the strong training clips the rule marks (a conflict item each), these weights answer with the voice on
   1 of 75 in English and 0 of 85 in Mandarin, the stage-1 weights on 6 of 75 and 2 of 85, against 0–1 of 80
-  unmarked clips. A plainer rule (the loudest strong clips win) grades English only so far (the
-  recipes above).
+  unmarked clips. Rules by loudness, shown more often in training, grade both languages but so far cost
+  normal clips or voice-instructed accuracy (the recipes above).
 - Everything the first organism's card says about the task (easy synthetic emotions, one speaker family, 6 s
   window) holds here.
 - The voice's lead below layer {k} is trained in by the lens band, so the lens finding it is a check of training,
