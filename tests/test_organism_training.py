@@ -220,6 +220,7 @@ def test_training_resumes_from_its_checkpoint_and_counts_the_earlier_minutes(ada
     (["--by-voice"], "--by-voice works with --evaluate-only"),
     (["--voice-breath-jitter", "0.9"], "--voice-breath-jitter in 0..0.5"),
     (["--expressiveness", "1"], "--expressiveness in [0, 1)"),
+    (["--voice-wins-share", "1"], "--voice-wins-share in [0, 1)"),
     (["--train-sentences", "0"], "--train-sentences must lie in 1.."),
     (["--extra-voices", "victor,nobody"], "no voice variant 'nobody'"),
     (["--extra-voices", "m5"], "--extra-voices m5: that is a held-out voice variant"),

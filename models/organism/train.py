@@ -723,7 +723,7 @@ def main(argv=None) -> int:
             and 0 <= args.plain_share <= 1 and 0 <= args.expressiveness < 1 and 0 <= args.voice_wins_share < 1):
         raise ModalflipError("--voice-pitch-jitter must lie in 0..50, --voice-speed-jitter in [0, 0.5), "
                              "--voice-breath-jitter in 0..0.5, --prosody-widen in 0..2, --plain-share in 0..1, "
-                             "--expressiveness and --voice-wins-share in [0, 1)")
+                             "--expressiveness in [0, 1), --voice-wins-share in [0, 1)")
     extra_voices = tuple(v for v in args.extra_voices.split(",") if v)
     held_out = {voice.split("+")[-1] for voice in held_out_voices()}
     for variant in extra_voices:
