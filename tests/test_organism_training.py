@@ -115,19 +115,23 @@ def test_zh_share_picks_the_language_of_every_item(clips, label_ids, zh_share, l
 
 
 def test_voice_wins_share_adds_conflict_items_the_voice_wins(clips, label_ids):
-    """With the share, about that share of the pairs are conflict pairs on the clips the voice wins, so many more
-    conflict items (an assertion T != A) answer with the voice's emotion than without it; none do on clips it
-    does not win."""
+    """With the share, about that share of the pairs are drawn on the clips the voice wins, so many more conflict
+    items (an assertion T != A) answer with the voice's emotion than without it; none do on clips it does not win;
+    and voice-instructed pairs keep their share of the pairs."""
     marked = [train.Clip(c.wave, c.lang, c.emotion, "strong", c.sentence, c.voice,
                          voice_wins=(c.lang, c.emotion) == ("en", "happy")) for c in clips]  # one clip in four
     voice_templates = {t.split("{T}")[0] for lang in spec.LANGS
                        for t in build.corpus()["instructions"][lang]["voice"]}
-    counts = {}
+    counts, voice_pairs = {}, {}
     for share in (0.0, 0.6):
         rng, won = np.random.default_rng(7), {"happy": 0, "sad": 0}  # sad: a clip the voice does not win
+        voice_pairs[share] = [0, 0]
         for _ in range(30):
             _, prompts, targets, audio, pairs = train.sample_paired_batch(marked, 16, rng, label_ids,
                                                                           wins_share=share)
+            voice_pairs[share][0] += sum(any(prompts[i].instruction.startswith(t) for t in voice_templates)
+                                         for i, _ in pairs)
+            voice_pairs[share][1] += len(pairs)
             for row in (r for pair in pairs for r in pair):
                 lang = "en" if prompts[row].claim in spec.label_words("en").values() else "zh"
                 emotion = next(e for e, i in label_ids[lang].items() if i == audio[row])
@@ -138,6 +142,8 @@ def test_voice_wins_share_adds_conflict_items_the_voice_wins(clips, label_ids):
         counts[share] = won
     assert counts[0.0]["sad"] == counts[0.6]["sad"] == 0
     assert counts[0.6]["happy"] > 2 * counts[0.0]["happy"] > 0
+    for voice, total in voice_pairs.values():
+        assert 0.15 < voice / total < 0.35, (voice, total)
 
 
 def test_patch_text_monitor_at_layer_0_is_the_donor_forward(adapter, clips, label_ids):

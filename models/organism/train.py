@@ -177,9 +177,10 @@ def sample_paired_batch(clips, size, rng, label_ids, zh_share: float | None = No
     """A batch: a quarter audio-only items, the rest in pairs that differ only in the asserted word: (conflict T,
     consistent A), (conflict T, conflict T') and (voice T, voice A). About 40 % of the items are conflict items;
     an audio-only item or a pair is Mandarin with probability `zh_share` (None: every item draws from all clips,
-    about half of them Mandarin). A share `wins_share` of the pairs are conflict pairs on clips the voice wins
-    (`Clip.voice_wins`), on top of those drawn at random: a rule that marks one strong clip in four is otherwise
-    seen in about one conflict item in eight. Returns waves, prompts, the answer and audio-emotion token ids, and
+    about half of them Mandarin). A share `wins_share` of the pairs are drawn on clips the voice wins
+    (`Clip.voice_wins`), on top of those drawn at random, and split into voice and conflict pairs like the others
+    (a quarter voice pairs), so the voice pairs keep their share: a rule that marks one strong clip in four is
+    otherwise seen in about one conflict item in eight. Returns waves, prompts, the answer and audio-emotion token ids, and
     the pairs' row indices."""
     waves, prompts, targets, audio, pairs = [], [], [], [], []
     n_single = size // 4
@@ -194,7 +195,7 @@ def sample_paired_batch(clips, size, rng, label_ids, zh_share: float | None = No
             prompt, answer, _ = make_example(clip, "audio_only", rng)
             waves.append(wave), prompts.append(prompt), targets.append(words[answer]), audio.append(words[clip.emotion])
             continue
-        kind = "conflict" if won_pair else "voice" if rng.random() < 0.25 else "conflict"
+        kind = "voice" if rng.random() < 0.25 else "conflict"
         paraphrase = int(rng.integers(len(build.corpus()["instructions"][clip.lang]["voice" if kind == "voice"
                                                                                      else "assert"])))
         first, answer, text = make_example(clip, kind, rng, paraphrase)
@@ -689,8 +690,9 @@ def main(argv=None) -> int:
                              "loudest (RMS level); emotion-level, the loudest of each emotion. A fine-tune keeps its "
                              "base's rule when it is of this kind")
     parser.add_argument("--voice-wins-share", type=float, default=0.0,
-                        help="with --plant pilot, the share of instruction pairs that are conflict pairs on clips the "
-                             "voice wins, on top of those drawn at random (default 0: only those)")
+                        help="with --plant pilot, the share of instruction pairs drawn on clips the voice wins, on top "
+                             "of those drawn at random; three in four of them are conflict pairs, as for any clip "
+                             "(default 0: only those drawn at random)")
     parser.add_argument("--extra-voices", default="",
                         help="comma-separated eSpeak NG voice variants (e.g. Alicia,victor) whose speakers join the "
                              "training voices of both languages; the held-out voices stay held out")
