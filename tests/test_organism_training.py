@@ -146,6 +146,23 @@ def test_voice_wins_share_adds_conflict_items_the_voice_wins(clips, label_ids):
         assert 0.15 < voice / total < 0.35, (voice, total)
 
 
+def test_the_voice_pair_share_sets_how_many_pairs_ask_for_the_voice(clips, label_ids):
+    """`voice_share` is the share of instruction pairs that ask to judge by the voice, and item_mix reports the
+    conditions' shares that the batches have."""
+    voice_templates = {t.split("{T}")[0] for lang in spec.LANGS
+                       for t in build.corpus()["instructions"][lang]["voice"]}
+    for share in (0.25, 0.6):
+        rng, voice, items = np.random.default_rng(3), 0, 0
+        for _ in range(40):
+            _, prompts, _, _, pairs = train.sample_paired_batch(clips, 16, rng, label_ids, voice_share=share)
+            voice += sum(any(prompts[i].instruction.startswith(t) for t in voice_templates)
+                         for pair in pairs for i in pair)
+            items += len(prompts)
+        expected = train.item_mix(share)["voice-instructed (T != A and T = A)"]
+        assert abs(voice / items - expected) < 0.06, (share, voice / items, expected)
+    assert train.item_mix(0.6)["conflict"] < train.item_mix()["conflict"]
+
+
 def test_patch_text_monitor_at_layer_0_is_the_donor_forward(adapter, clips, label_ids):
     """Patching the whole instruction span of the embeddings makes the receiver the donor, so the monitor's
     flip rate at layer 0 equals the share of donors (conflict items) that answer T themselves."""
@@ -227,6 +244,7 @@ def test_training_resumes_from_its_checkpoint_and_counts_the_earlier_minutes(ada
     (["--voice-breath-jitter", "0.9"], "--voice-breath-jitter in 0..0.5"),
     (["--expressiveness", "1"], "--expressiveness in [0, 1)"),
     (["--voice-wins-share", "1"], "--voice-wins-share in [0, 1)"),
+    (["--voice-pair-share", "0"], "--voice-pair-share in (0, 1)"),
     (["--train-sentences", "0"], "--train-sentences must lie in 1.."),
     (["--extra-voices", "victor,nobody"], "no voice variant 'nobody'"),
     (["--extra-voices", "m5"], "--extra-voices m5: that is a held-out voice variant"),

@@ -53,7 +53,19 @@ console = Console()
 AUDIO_WINS = {"normal": 0.03, "strong": 0.15}
 MODEL_DIRS = {"local": Path(__file__).parent / "model", "pilot": Path(__file__).parent.parent / "pilot" / "model"}
 CHECKPOINTS = {"local": "organism-training.pt", "pilot": "pilot-training.pt"}
-MIX = {"audio_only": 0.25, "conflict": 0.42, "consistent": 0.14, "voice-instructed (T != A and T = A)": 0.19}
+VOICE_PAIR_SHARE = 0.25  # the share of instruction pairs that ask to judge by the voice
+
+
+def item_mix(voice_share: float = VOICE_PAIR_SHARE) -> dict[str, float]:
+    """The expected share of each condition among a batch's items (`sample_paired_batch`): a quarter audio-only,
+    the rest in pairs, `voice_share` of them voice pairs, the others a conflict item with a consistent or a
+    second conflict partner."""
+    pairs = 0.75
+    return {"audio_only": 0.25, "conflict": round(pairs * (1 - voice_share) * 0.75, 2),
+            "consistent": round(pairs * (1 - voice_share) * 0.25, 2),
+            "voice-instructed (T != A and T = A)": round(pairs * voice_share, 2)}
+
+
 
 
 @dataclass
@@ -173,15 +185,17 @@ def draw_clip(clips: list[Clip], rng: np.random.Generator, zh_share: float | Non
     return pool[int(rng.integers(len(pool)))]
 
 
-def sample_paired_batch(clips, size, rng, label_ids, zh_share: float | None = None, wins_share: float = 0.0):
+def sample_paired_batch(clips, size, rng, label_ids, zh_share: float | None = None, wins_share: float = 0.0,
+                        voice_share: float = VOICE_PAIR_SHARE):
     """A batch: a quarter audio-only items, the rest in pairs that differ only in the asserted word: (conflict T,
-    consistent A), (conflict T, conflict T') and (voice T, voice A). About 40 % of the items are conflict items;
+    consistent A), (conflict T, conflict T') and (voice T, voice A), a share `voice_share` of the pairs voice pairs
+    (`item_mix` gives each condition's share; about 40 % of the items are conflict items by default);
     an audio-only item or a pair is Mandarin with probability `zh_share` (None: every item draws from all clips,
     about half of them Mandarin). A share `wins_share` of the pairs are drawn on clips the voice wins
     (`Clip.voice_wins`), on top of those drawn at random, and split into voice and conflict pairs like the others
-    (a quarter voice pairs), so the voice pairs keep their share: a rule that marks one strong clip in four is
-    otherwise seen in about one conflict item in eight. Returns waves, prompts, the answer and audio-emotion token ids, and
-    the pairs' row indices."""
+    (`voice_share` of them voice pairs), so the voice pairs keep their share: a rule that marks one strong clip in
+    four is otherwise seen in about one conflict item in eight. Returns waves, prompts, the answer and audio-emotion
+    token ids, and the pairs' row indices."""
     waves, prompts, targets, audio, pairs = [], [], [], [], []
     n_single = size // 4
     won = [c for c in clips if c.voice_wins]
@@ -195,7 +209,7 @@ def sample_paired_batch(clips, size, rng, label_ids, zh_share: float | None = No
             prompt, answer, _ = make_example(clip, "audio_only", rng)
             waves.append(wave), prompts.append(prompt), targets.append(words[answer]), audio.append(words[clip.emotion])
             continue
-        kind = "voice" if rng.random() < 0.25 else "conflict"
+        kind = "voice" if rng.random() < voice_share else "conflict"
         paraphrase = int(rng.integers(len(build.corpus()["instructions"][clip.lang]["voice" if kind == "voice"
                                                                                      else "assert"])))
         first, answer, text = make_example(clip, kind, rng, paraphrase)
@@ -256,7 +270,8 @@ class Objective:
     invariance_weight: float = 10.0
     swap_weight: float = 0.0
     zh_share: float | None = None
-    wins_share: float = 0.0  # pilot plant: the share of pairs that are conflict pairs the voice wins
+    wins_share: float = 0.0  # pilot plant: the share of pairs drawn on clips the voice wins
+    voice_share: float = VOICE_PAIR_SHARE  # the share of pairs that ask to judge by the voice
     invariance_form: str = "relative"
     early_lens: bool = True  # the lens at resid[K] toward the voice (off where layers below K are token-local)
     audio_lens_weight: float = 0.0  # the lens at every audio token's resid[audio_lens_layer] toward the voice
@@ -266,7 +281,7 @@ class Objective:
 
     def __call__(self, adapter: ModelAdapter, clips, batch_size, rng, label_ids) -> torch.Tensor:
         waves, prompts, targets, audio, pairs = sample_paired_batch(clips, batch_size, rng, label_ids, self.zh_share,
-                                                                    self.wins_share)
+                                                                    self.wins_share, self.voice_share)
         batch = adapter.build_batch(waves, prompts)
         rows, positions = torch.arange(len(prompts), device=adapter.device), batch.answer_positions()
         trace = run_traced(adapter, batch, logits_at=positions)
@@ -693,6 +708,9 @@ def main(argv=None) -> int:
                         help="with --plant pilot, the share of instruction pairs drawn on clips the voice wins, on top "
                              "of those drawn at random; three in four of them are conflict pairs, as for any clip "
                              "(default 0: only those drawn at random)")
+    parser.add_argument("--voice-pair-share", type=float, default=VOICE_PAIR_SHARE,
+                        help="the share of instruction pairs that ask to judge by the voice (default 0.25; the other "
+                             "pairs assert an emotion)")
     parser.add_argument("--extra-voices", default="",
                         help="comma-separated eSpeak NG voice variants (e.g. Alicia,victor) whose speakers join the "
                              "training voices of both languages; the held-out voices stay held out")
@@ -722,10 +740,11 @@ def main(argv=None) -> int:
     k = args.takeover_layer if args.takeover_layer is not None else (24 if args.plant == "pilot" else 16)
     if not (0 <= args.voice_pitch_jitter <= 50 and 0 <= args.voice_speed_jitter < 0.5
             and 0 <= args.voice_breath_jitter <= 0.5 and 0 <= args.prosody_widen <= 2
-            and 0 <= args.plain_share <= 1 and 0 <= args.expressiveness < 1 and 0 <= args.voice_wins_share < 1):
+            and 0 <= args.plain_share <= 1 and 0 <= args.expressiveness < 1 and 0 <= args.voice_wins_share < 1
+            and 0 < args.voice_pair_share < 1):
         raise ModalflipError("--voice-pitch-jitter must lie in 0..50, --voice-speed-jitter in [0, 0.5), "
                              "--voice-breath-jitter in 0..0.5, --prosody-widen in 0..2, --plain-share in 0..1, "
-                             "--expressiveness in [0, 1), --voice-wins-share in [0, 1)")
+                             "--expressiveness in [0, 1), --voice-wins-share in [0, 1), --voice-pair-share in (0, 1)")
     extra_voices = tuple(v for v in args.extra_voices.split(",") if v)
     held_out = {voice.split("+")[-1] for voice in held_out_voices()}
     for variant in extra_voices:
@@ -783,7 +802,7 @@ def main(argv=None) -> int:
         objective = Objective(k, lens_weight=args.lens_weight,
                               invariance_weight=0.0 if local or pilot else args.invariance_weight,
                               swap_weight=0.0 if local else args.swap_weight, zh_share=args.zh_share,
-                              wins_share=args.voice_wins_share if pilot else 0.0,
+                              wins_share=args.voice_wins_share if pilot else 0.0, voice_share=args.voice_pair_share,
                               invariance_form=args.invariance_form, early_lens=args.plant == "objective",
                               audio_lens_weight=args.audio_lens_weight if local or pilot else 0.0,
                               audio_lens_layer=2 if pilot else None, early_band=(2, k) if pilot else None,
@@ -804,7 +823,7 @@ def main(argv=None) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, lens_weight=args.lens_weight,
         settle=objective.settle,
         invariance_weight=objective.invariance_weight, swap_weight=objective.swap_weight, zh_share=args.zh_share,
-        voice_wins_share=objective.wins_share,
+        voice_wins_share=objective.wins_share, voice_pair_share=objective.voice_share,
         invariance_form=args.invariance_form, audio_lens_weight=objective.audio_lens_weight,
         encoder_layers=model.config.audio_config.encoder_layers,
         init_from=args.init_from, plant=args.plant, renders=args.renders, voice_pitch_jitter=voice_jitter.pitch,
@@ -813,7 +832,7 @@ def main(argv=None) -> int:
         train_clips=len(train_clips), heldout_clips=len(heldout_clips),
         train_sentences=args.train_sentences, extra_voices=list(extra_voices),
         heldout_sentences=len(build.corpus()["sentences"]["en"]["heldout"]),
-        mix=MIX, audio_wins=rule.as_dict() if rule else AUDIO_WINS,
+        mix=item_mix(objective.voice_share), audio_wins=rule.as_dict() if rule else AUDIO_WINS,
         early_band=list(objective.early_band) if objective.early_band else None,
         early_band_weight=objective.early_band_weight, audio_lens_layer=objective.audio_lens_layer, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
