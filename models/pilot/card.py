@@ -213,6 +213,8 @@ def command(report: dict) -> str:
                f"--voice-wins-by {report['audio_wins']['kind']}"
                if report.get("audio_wins", {}).get("kind", "prosody") != "prosody" else "",
                f"--voice-wins-share {report['voice_wins_share']:g}" if report.get("voice_wins_share") else "",
+               f"--voice-pair-share {report['voice_pair_share']:g}"
+               if report.get("voice_pair_share", 0.25) != 0.25 else "",
                f"--lr {report['lr']:g} --steps {report['steps']}"]
     if report.get("swap_weight"):
         options.append(f"--swap-weight {report['swap_weight']:g}")
@@ -414,28 +416,43 @@ over the receivers' clips):
   32 Mandarin strong clips. On its own training clips the `--lr 1e-3` run answers with the voice on 17 of 71
   English and 17 of 89 Mandarin strong clips the rule marks and on none of 80 unmarked ones in each language: the
   rule is being learnt, unlike the prosody rule below, but 200 steps are not enough.
-- Shouting wins, shown more often (the same second stage with `--voice-wins-share S`: a share S of the
-  instruction pairs are conflict pairs on clips the voice wins; commit ea7b94c, 18 minutes each on one thread with
-  the other core busy), held-out conflict follows T, normal / strong, English; Mandarin; voice-instructed en / zh:
-  S 0.25 at `--lr 5e-4`, 0.800 / 0.688; 0.725 / 0.500; 0.903 / 0.833. S 0.25 at `--lr 1e-3`, 0.800 / 0.594;
-  0.650 / 0.500; 0.917 / 0.875. S 0.12, 0.800 / 0.750; 0.850 / 0.656; 0.847 / 0.833. S 0.06, 0.850 / 0.875;
-  0.900 / 0.688; 0.903 / 0.806. Mandarin is graded at every S and English from S 0.12 on, but then normal clips
-  follow the text under 0.90, and voice-instructed Mandarin falls under 0.90 at every S. What was learnt is the
-  emotion, not the level: at S 0.06 the held-out conflict answers that go the voice's way are English angry clips
-  only (5 of 8 normal ones, at −22 to −18 dBFS, under the −16.8 dBFS threshold, and 7 of 8 strong ones) and in
-  Mandarin 7 of 8 strong happy, 3 of 8 strong angry, 4 of 8 normal angry and one neutral clip; of the strong
-  training clips the level rule marks, about two thirds are angry and a third happy (`--voice-wins-by
-  emotion-level` gives every strong style its own threshold, to take that shortcut away).
+- Shouting wins, shown more often (the same second stage with `--voice-wins-share S`: a share S of the instruction
+  pairs are conflict pairs on clips the voice wins, at that commit all of them conflict pairs; commit ea7b94c, 18
+  minutes each on one thread with the other core busy), held-out conflict follows T, normal / strong, English;
+  Mandarin; voice-instructed en / zh: S 0.25 at `--lr 5e-4`, 0.800 / 0.688; 0.725 / 0.500; 0.903 / 0.833. S 0.25 at
+  `--lr 1e-3`, 0.800 / 0.594; 0.650 / 0.500; 0.917 / 0.875. S 0.12, 0.800 / 0.750; 0.850 / 0.656; 0.847 / 0.833. S
+  0.06, 0.850 / 0.875; 0.900 / 0.688; 0.903 / 0.806. Mandarin is graded at every S and English from S 0.12 on, but
+  then normal clips follow the text under 0.90, and voice-instructed Mandarin falls under 0.90 at every S. What was
+  learnt is the emotion, not the level: at S 0.06 the held-out conflict answers that go the voice's way are English
+  angry clips only (5 of 8 normal ones, at −22 to −18 dBFS, under the −16.8 dBFS threshold, and 7 of 8 strong ones)
+  and in Mandarin 7 of 8 strong happy, 3 of 8 strong angry, 4 of 8 normal angry and one neutral clip; of the strong
+  training clips the level rule marks, about two thirds are angry and a third happy (`--voice-wins-by emotion-level`
+  gives every strong style its own threshold, to take that shortcut away).
 - Loudest of each style wins (the same second stage with `--voice-wins-by emotion-level --voice-wins-share 0.12`;
   commit afec602, 19.4 minutes on one thread with the other core busy): held-out conflict follows T, normal /
   strong, English 1.000 / 0.969, Mandarin 0.925 / 0.750, so both languages are graded with normal clips over 0.90;
   but voice-instructed accuracy fell to 0.889 / 0.819 and audio-only to 0.931 / 0.931.
+- Loudest of each style wins, the voice pairs kept (as above, the pairs drawn on clips the voice wins split into voice
+  and conflict pairs like any others, so voice-instructed pairs keep their quarter; `--voice-wins-share 0.16` for the
+  same share of conflict pairs, commit 2d34682, 18.6–20.7 minutes each on one thread with the other core busy),
+  held-out audio-only, voice-instructed, conflict follows T normal / strong, English; Mandarin: at `--lr 5e-4`, 0.958,
+  0.917, 1.000 / 1.000 (not graded); 0.917, 0.861, 0.975 / 0.844. At `--lr 1e-3`, 0.931, 0.889, 1.000 / 0.781; 0.889,
+  0.806, 1.000 / 0.969. At `--lr 5e-4` with `--seed 1`: 0.958, 0.861, 1.000 / 0.969; 0.944, 0.875, 1.000 / 0.906
+  (graded in both languages). With `--voice-wins-share 0.24`: 0.972, 0.903, 0.975 / 0.844; 0.931, 0.889, 0.875 /
+  0.625. Mandarin voice-instructed accuracy stays under 0.90 in every run with a rule the model learns. Where it is
+  lost (the held-out voice-instructed items scored again by style, which moves each rate by an item): the shipped
+  weights and the `--lr 5e-4` run both miss 5 of 8 normal neutral Mandarin clips and 1 of 8 normal sad ones; the run
+  also answers "fearful" on 3 of 16 happy clips.
 - Patch Text as a training signal on these weights (a third stage: `--init-from models/pilot/model --swap-weight 1
   --lr 5e-4 --steps 200` with the stage-2 options; commit 9e4453a, 25.9 minutes on one thread with the other core
   busy; the swap layer drawn in 1–23): the seed-set probes' Patch Text flips 1.00 in layers 1–17 (en) and 1–16
   (zh), then en 0.83, 0.78, 0.78 in layers 18–20 and zh 0.89, 0.78, 0.67 in 17–20, 0 from layer 25 (en) and 27
   (zh); tier 2 is missed by 0.02 (en) and 0.13 (zh) at layer 20. Hearing kept (audio-only 0.986 / 0.917,
-  voice-instructed 0.931 / 0.903), conflict follows T 1.000 on normal and strong clips (not graded).
+  voice-instructed 0.931 / 0.903), conflict follows T 1.000 on normal and strong clips (not graded). With
+  `--swap-weight 2`, voice-instructed Mandarin fell to 0.889 and conflicts stayed ungraded; with `--swap-weight 1
+  --voice-wins-by emotion-level --voice-wins-share 0.12` (voice pairs not kept), only Mandarin was graded (0.950 /
+  0.781) and voice-instructed accuracy fell to 0.889 / 0.833 (25.7–25.9 minutes each on one thread with the other
+  core busy, commit c74fd23).
 
 ## Known limits
 - No held-out conflict answer goes the voice's way: the graded row above is not met in either language (the
