@@ -442,7 +442,7 @@ over the receivers' clips):
   `run_probes.py` on its folder), every tier-1 row met but voice-instructed accuracy: unseen renderer 0.778 / 0.771,
   reweighted 0.833 / 0.882, the lens rows met; Patch Text min 0.44 / 0.17 over layers 5–20, Patch Audio max 0.06 /
   0.14 (the audio now moves some answers). With `--voice-wins-share 0.24`: 0.972, 0.903, 0.975 / 0.844; 0.931, 0.889,
-  0.875 / 0.625. With `--voice-wins-share 0.08` (commit 6087528, 21.4 minutes each), `--seed 1`: 0.958, 0.889, 1.000 /
+  0.875 / 0.625. With `--voice-wins-share 0.08` (commit 57208f0, 21.4 minutes each), `--seed 1`: 0.958, 0.889, 1.000 /
   0.906; 0.931, 0.889, 0.950 / 0.969 (graded in both languages, voice-instructed one item of 72 short of 0.90 in
   each); `--seed 0`: 0.972, 0.917, 1.000 / 1.000; 0.875, 0.806, 1.000 / 0.906. More voice pairs (`--voice-pair-share
   0.35`, a quarter more voice-instructed items; commit 95b0240, 22.5 minutes each) lowered voice-instructed accuracy
