@@ -215,6 +215,7 @@ def command(report: dict) -> str:
                f"--voice-wins-share {report['voice_wins_share']:g}" if report.get("voice_wins_share") else "",
                f"--voice-pair-share {report['voice_pair_share']:g}"
                if report.get("voice_pair_share", 0.25) != 0.25 else "",
+               f"--voice-weight {report['voice_weight']:g}" if report.get("voice_weight", 1.0) != 1.0 else "",
                f"--lr {report['lr']:g} --steps {report['steps']}"]
     if report.get("swap_weight"):
         options.append(f"--swap-weight {report['swap_weight']:g}")
@@ -443,8 +444,8 @@ over the receivers' clips):
   reweighted 0.833 / 0.882, the lens rows met; Patch Text min 0.44 / 0.17 over layers 5–20, Patch Audio max 0.06 /
   0.14 (the audio now moves some answers). With `--voice-wins-share 0.24`: 0.972, 0.903, 0.975 / 0.844; 0.931, 0.889,
   0.875 / 0.625. With `--voice-wins-share 0.08` (commit 57208f0, 21.4 minutes each), `--seed 1`: 0.958, 0.889, 1.000 /
-  0.906; 0.931, 0.889, 0.950 / 0.969 (graded in both languages, voice-instructed one item of 72 short of 0.90 in
-  each); `--seed 0`: 0.972, 0.917, 1.000 / 1.000; 0.875, 0.806, 1.000 / 0.906. More voice pairs (`--voice-pair-share
+  0.906; 0.931, 0.889, 0.950 / 0.969 (graded in English only, voice-instructed one item of 72 short of 0.90
+  in each); `--seed 0`: 0.972, 0.917, 1.000 / 1.000; 0.875, 0.806, 1.000 / 0.906. More voice pairs (`--voice-pair-share
   0.35`, a quarter more voice-instructed items; commit 95b0240, 22.5 minutes each) lowered voice-instructed accuracy
   instead: at S 0.16, 0.958, 0.847, 1.000 / 1.000; 0.917, 0.847, 0.950 / 0.594; at S 0.24, 0.944, 0.861, 1.000 /
   1.000; 0.931, 0.889, 0.850 / 0.500. Mandarin voice-instructed accuracy stays under 0.90 in every run with a rule the
