@@ -30,7 +30,8 @@ def label_ids(adapter):
 
 
 def test_pairs_differ_only_in_the_asserted_word(adapter, clips, label_ids):
-    waves, prompts, targets, audio, pairs = train.sample_paired_batch(clips, 16, np.random.default_rng(0), label_ids)
+    waves, prompts, targets, audio, pairs, _ = train.sample_paired_batch(clips, 16, np.random.default_rng(0),
+                                                                         label_ids)
     assert len(prompts) == 16 and len(pairs) == 6 and len(targets) == len(audio) == 16
     batch = adapter.build_batch(waves, prompts)
     for i, j in pairs:
@@ -42,7 +43,7 @@ def test_pairs_differ_only_in_the_asserted_word(adapter, clips, label_ids):
 
 
 def test_invariance_loss_is_zero_for_identical_members_only(adapter, clips, label_ids):
-    waves, prompts, _, _, pairs = train.sample_paired_batch(clips, 16, np.random.default_rng(1), label_ids)
+    waves, prompts, _, _, pairs, _ = train.sample_paired_batch(clips, 16, np.random.default_rng(1), label_ids)
     batch = adapter.build_batch(waves, prompts)
     with torch.no_grad():
         trace = run_traced(adapter, batch)
@@ -58,7 +59,7 @@ def test_invariance_loss_is_zero_for_identical_members_only(adapter, clips, labe
 def test_swap_loss_trains_patch_text(adapter, clips, label_ids):
     """Swapping identical members is the plain forward (its cross-entropy); swapping real pairs reaches the
     embeddings with a gradient and scores the partner's answer."""
-    waves, prompts, targets, _, pairs = train.sample_paired_batch(clips, 16, np.random.default_rng(2), label_ids)
+    waves, prompts, targets, _, pairs, _ = train.sample_paired_batch(clips, 16, np.random.default_rng(2), label_ids)
     batch = adapter.build_batch(waves, prompts)
     trace = run_traced(adapter, batch, logits_at=batch.answer_positions())
     rows = [i for i, _ in pairs]
@@ -73,7 +74,7 @@ def test_swap_loss_trains_patch_text(adapter, clips, label_ids):
 def test_audio_lens_loss_reads_every_audio_token_toward_the_voice(adapter, clips, label_ids):
     """Audio tokens that point at their clip's emotion word score a low loss, at another emotion's word a high
     one; text positions do not count; on a real trace the loss trains the audio encoder."""
-    waves, prompts, _, audio, _ = train.sample_paired_batch(clips, 8, np.random.default_rng(5), label_ids)
+    waves, prompts, _, audio, _, _ = train.sample_paired_batch(clips, 8, np.random.default_rng(5), label_ids)
     batch = adapter.build_batch(waves, prompts)
     head = adapter.lm_head.weight.detach()
 
@@ -106,7 +107,7 @@ def test_audio_lens_loss_reads_every_audio_token_toward_the_voice(adapter, clips
 
 @pytest.mark.parametrize("zh_share, lang", [(0.0, "en"), (1.0, "zh")])
 def test_zh_share_picks_the_language_of_every_item(clips, label_ids, zh_share, lang):
-    _, prompts, _, _, pairs = train.sample_paired_batch(clips, 16, np.random.default_rng(3), label_ids, zh_share)
+    _, prompts, _, _, pairs, _ = train.sample_paired_batch(clips, 16, np.random.default_rng(3), label_ids, zh_share)
     paired = [row for pair in pairs for row in pair]
     words = set(spec.label_words(lang).values())
     assert paired and all(prompts[row].claim in words for row in paired)
@@ -127,8 +128,8 @@ def test_voice_wins_share_adds_conflict_items_the_voice_wins(clips, label_ids):
         rng, won = np.random.default_rng(7), {"happy": 0, "sad": 0}  # sad: a clip the voice does not win
         voice_pairs[share] = [0, 0]
         for _ in range(30):
-            _, prompts, targets, audio, pairs = train.sample_paired_batch(marked, 16, rng, label_ids,
-                                                                          wins_share=share)
+            _, prompts, targets, audio, pairs, _ = train.sample_paired_batch(marked, 16, rng, label_ids,
+                                                                             wins_share=share)
             voice_pairs[share][0] += sum(any(prompts[i].instruction.startswith(t) for t in voice_templates)
                                          for i, _ in pairs)
             voice_pairs[share][1] += len(pairs)
@@ -154,13 +155,32 @@ def test_the_voice_pair_share_sets_how_many_pairs_ask_for_the_voice(clips, label
     for share in (0.25, 0.6):
         rng, voice, items = np.random.default_rng(3), 0, 0
         for _ in range(40):
-            _, prompts, _, _, pairs = train.sample_paired_batch(clips, 16, rng, label_ids, voice_share=share)
-            voice += sum(any(prompts[i].instruction.startswith(t) for t in voice_templates)
-                         for pair in pairs for i in pair)
+            _, prompts, _, _, pairs, mask = train.sample_paired_batch(clips, 16, rng, label_ids, voice_share=share)
+            asked = [any(p.instruction.startswith(t) for t in voice_templates) for p in prompts]
+            assert mask.tolist() == asked
+            voice += sum(asked)
             items += len(prompts)
         expected = train.item_mix(share)["voice-instructed (T != A and T = A)"]
         assert abs(voice / items - expected) < 0.06, (share, voice / items, expected)
     assert train.item_mix(0.6)["conflict"] < train.item_mix()["conflict"]
+
+
+def test_the_voice_weight_counts_each_voice_instructed_item_that_many_times(adapter, clips, label_ids):
+    """With `voice_weight` 3 the answer's cross-entropy is the plain mean over a batch in which every item that
+    asks to judge by the voice appears three times; at weight 1 it is the plain mean."""
+    plain = dict(takeover=3, lens_weight=0.0, invariance_weight=0.0, early_lens=False)
+    waves, prompts, targets, _, _, voice = train.sample_paired_batch(clips, 16, np.random.default_rng(6), label_ids)
+    assert 0 < int(voice.sum()) < len(prompts)
+    repeat = [i for i in range(len(prompts)) for _ in range(3 if voice[i] else 1)]
+    with torch.no_grad():
+        logits = train.answer_logits(adapter, waves, prompts)
+        expected = torch.nn.functional.cross_entropy(logits[repeat], targets[repeat])
+        mean = torch.nn.functional.cross_entropy(logits, targets)
+        weighted = train.Objective(**plain, voice_weight=3.0)(adapter, clips, 16, np.random.default_rng(6), label_ids)
+        unweighted = train.Objective(**plain)(adapter, clips, 16, np.random.default_rng(6), label_ids)
+    assert float(weighted) == pytest.approx(float(expected), rel=1e-4)
+    assert float(unweighted) == pytest.approx(float(mean), rel=1e-4)
+    assert abs(float(expected) - float(mean)) > 1e-3
 
 
 def test_patch_text_monitor_at_layer_0_is_the_donor_forward(adapter, clips, label_ids):
@@ -245,6 +265,7 @@ def test_training_resumes_from_its_checkpoint_and_counts_the_earlier_minutes(ada
     (["--expressiveness", "1"], "--expressiveness in [0, 1)"),
     (["--voice-wins-share", "1"], "--voice-wins-share in [0, 1)"),
     (["--voice-pair-share", "0"], "--voice-pair-share in (0, 1)"),
+    (["--voice-weight", "0"], "--voice-weight in (0, 10]"),
     (["--train-sentences", "0"], "--train-sentences must lie in 1.."),
     (["--extra-voices", "victor,nobody"], "no voice variant 'nobody'"),
     (["--extra-voices", "m5"], "--extra-voices m5: that is a held-out voice variant"),
@@ -315,7 +336,7 @@ def test_early_band_lens_term_moves_the_answer_position_toward_the_voice(clips, 
 
     def band_loss() -> float:
         with torch.no_grad():
-            waves, prompts, _, audio, _ = train.sample_paired_batch(clips, 8, np.random.default_rng(9), label_ids)
+            waves, prompts, _, audio, _, _ = train.sample_paired_batch(clips, 8, np.random.default_rng(9), label_ids)
             batch = adapter.build_batch(waves, prompts)
             trace = run_traced(adapter, batch)
             rows, at = torch.arange(len(prompts)), batch.answer_positions()

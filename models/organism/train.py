@@ -195,8 +195,8 @@ def sample_paired_batch(clips, size, rng, label_ids, zh_share: float | None = No
     (`Clip.voice_wins`), on top of those drawn at random, and split into voice and conflict pairs like the others
     (`voice_share` of them voice pairs), so the voice pairs keep their share: a rule that marks one strong clip in
     four is otherwise seen in about one conflict item in eight. Returns waves, prompts, the answer and audio-emotion
-    token ids, and the pairs' row indices."""
-    waves, prompts, targets, audio, pairs = [], [], [], [], []
+    token ids, the pairs' row indices and a mask of the items that ask to judge by the voice."""
+    waves, prompts, targets, audio, pairs, voice = [], [], [], [], [], []
     n_single = size // 4
     won = [c for c in clips if c.voice_wins]
     while len(prompts) < size:
@@ -208,6 +208,7 @@ def sample_paired_batch(clips, size, rng, label_ids, zh_share: float | None = No
         if len(prompts) < n_single:
             prompt, answer, _ = make_example(clip, "audio_only", rng)
             waves.append(wave), prompts.append(prompt), targets.append(words[answer]), audio.append(words[clip.emotion])
+            voice.append(False)
             continue
         kind = "voice" if rng.random() < voice_share else "conflict"
         paraphrase = int(rng.integers(len(build.corpus()["instructions"][clip.lang]["voice" if kind == "voice"
@@ -225,7 +226,8 @@ def sample_paired_batch(clips, size, rng, label_ids, zh_share: float | None = No
         prompts += [first, second]
         targets += [words[answer], words[partner]]
         audio += [words[clip.emotion]] * 2
-    return waves, prompts, torch.tensor(targets), torch.tensor(audio), pairs
+        voice += [kind == "voice"] * 2
+    return waves, prompts, torch.tensor(targets), torch.tensor(audio), pairs, torch.tensor(voice)
 
 
 def invariance_loss(trace, batch, pairs, takeover: int, form: str = "relative") -> torch.Tensor:
@@ -272,6 +274,7 @@ class Objective:
     zh_share: float | None = None
     wins_share: float = 0.0  # pilot plant: the share of pairs drawn on clips the voice wins
     voice_share: float = VOICE_PAIR_SHARE  # the share of pairs that ask to judge by the voice
+    voice_weight: float = 1.0  # the weight of those items in the answer's cross-entropy (the others weigh 1)
     invariance_form: str = "relative"
     early_lens: bool = True  # the lens at resid[K] toward the voice (off where layers below K are token-local)
     audio_lens_weight: float = 0.0  # the lens at every audio token's resid[audio_lens_layer] toward the voice
@@ -280,14 +283,19 @@ class Objective:
     early_band_weight: float = 0.0
 
     def __call__(self, adapter: ModelAdapter, clips, batch_size, rng, label_ids) -> torch.Tensor:
-        waves, prompts, targets, audio, pairs = sample_paired_batch(clips, batch_size, rng, label_ids, self.zh_share,
-                                                                    self.wins_share, self.voice_share)
+        waves, prompts, targets, audio, pairs, voice = sample_paired_batch(clips, batch_size, rng, label_ids,
+                                                                           self.zh_share, self.wins_share,
+                                                                           self.voice_share)
         batch = adapter.build_batch(waves, prompts)
         rows, positions = torch.arange(len(prompts), device=adapter.device), batch.answer_positions()
         trace = run_traced(adapter, batch, logits_at=positions)
         targets, audio = targets.to(adapter.device), audio.to(adapter.device)
         cross_entropy = torch.nn.functional.cross_entropy
-        loss = cross_entropy(trace.logits, targets)
+        if self.voice_weight == 1.0:  # the plain mean, so runs without the option keep their arithmetic
+            loss = cross_entropy(trace.logits, targets)
+        else:
+            weights = 1.0 + (self.voice_weight - 1.0) * voice.to(adapter.device, trace.logits.dtype)
+            loss = (weights * cross_entropy(trace.logits, targets, reduction="none")).sum() / weights.sum()
         if self.lens_weight:
             late = lens(adapter, trace.resid[self.takeover + self.settle][rows, positions])
             loss = loss + self.lens_weight * cross_entropy(late, targets)
@@ -711,6 +719,9 @@ def main(argv=None) -> int:
     parser.add_argument("--voice-pair-share", type=float, default=VOICE_PAIR_SHARE,
                         help="the share of instruction pairs that ask to judge by the voice (default 0.25; the other "
                              "pairs assert an emotion)")
+    parser.add_argument("--voice-weight", type=float, default=1.0,
+                        help="the weight of the items that ask to judge by the voice in the answer's cross-entropy "
+                             "(default 1: every item weighs the same)")
     parser.add_argument("--extra-voices", default="",
                         help="comma-separated eSpeak NG voice variants (e.g. Alicia,victor) whose speakers join the "
                              "training voices of both languages; the held-out voices stay held out")
@@ -741,10 +752,11 @@ def main(argv=None) -> int:
     if not (0 <= args.voice_pitch_jitter <= 50 and 0 <= args.voice_speed_jitter < 0.5
             and 0 <= args.voice_breath_jitter <= 0.5 and 0 <= args.prosody_widen <= 2
             and 0 <= args.plain_share <= 1 and 0 <= args.expressiveness < 1 and 0 <= args.voice_wins_share < 1
-            and 0 < args.voice_pair_share < 1):
+            and 0 < args.voice_pair_share < 1 and 0 < args.voice_weight <= 10):
         raise ModalflipError("--voice-pitch-jitter must lie in 0..50, --voice-speed-jitter in [0, 0.5), "
                              "--voice-breath-jitter in 0..0.5, --prosody-widen in 0..2, --plain-share in 0..1, "
-                             "--expressiveness in [0, 1), --voice-wins-share in [0, 1), --voice-pair-share in (0, 1)")
+                             "--expressiveness in [0, 1), --voice-wins-share in [0, 1), --voice-pair-share in (0, 1), "
+                             "--voice-weight in (0, 10]")
     extra_voices = tuple(v for v in args.extra_voices.split(",") if v)
     held_out = {voice.split("+")[-1] for voice in held_out_voices()}
     for variant in extra_voices:
@@ -803,6 +815,7 @@ def main(argv=None) -> int:
                               invariance_weight=0.0 if local or pilot else args.invariance_weight,
                               swap_weight=0.0 if local else args.swap_weight, zh_share=args.zh_share,
                               wins_share=args.voice_wins_share if pilot else 0.0, voice_share=args.voice_pair_share,
+                              voice_weight=args.voice_weight,
                               invariance_form=args.invariance_form, early_lens=args.plant == "objective",
                               audio_lens_weight=args.audio_lens_weight if local or pilot else 0.0,
                               audio_lens_layer=2 if pilot else None, early_band=(2, k) if pilot else None,
@@ -824,6 +837,7 @@ def main(argv=None) -> int:
         settle=objective.settle,
         invariance_weight=objective.invariance_weight, swap_weight=objective.swap_weight, zh_share=args.zh_share,
         voice_wins_share=objective.wins_share, voice_pair_share=objective.voice_share,
+        voice_weight=objective.voice_weight,
         invariance_form=args.invariance_form, audio_lens_weight=objective.audio_lens_weight,
         encoder_layers=model.config.audio_config.encoder_layers,
         init_from=args.init_from, plant=args.plant, renders=args.renders, voice_pitch_jitter=voice_jitter.pitch,
@@ -834,7 +848,8 @@ def main(argv=None) -> int:
         heldout_sentences=len(build.corpus()["sentences"]["en"]["heldout"]),
         mix=item_mix(objective.voice_share), audio_wins=rule.as_dict() if rule else AUDIO_WINS,
         early_band=list(objective.early_band) if objective.early_band else None,
-        early_band_weight=objective.early_band_weight, audio_lens_layer=objective.audio_lens_layer, final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
+        early_band_weight=objective.early_band_weight, audio_lens_layer=objective.audio_lens_layer,
+        final_loss=float(np.mean(losses[-20:])), heldout=heldout, seed_set=seed_set,
     )
     if args.init_from:
         report["base"] = base_recipe(Path(args.init_from))
