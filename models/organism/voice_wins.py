@@ -15,6 +15,7 @@ Writes `voice_wins.json` into the built-in model's figures folder (or `--out`) a
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from common.atomic import atomic_write_json
 from common.cli import run_main
 from common.errors import ModalflipError
 from common.stats import clustered_rate
+from eval.records import code_version
 from models.adapter import ModelAdapter
 from models.forward import run_traced
 from models.loading import BUILT_IN, load_model
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as progress:
         result = measure(adapter, report, args.per_group, args.train_sentences, args.seed, progress)
-    result["model"] = args.model
+    result.update(model=args.model, commit=code_version(), date=datetime.date.today().isoformat())
     atomic_write_json(out, result)
     console.print(table(result, args.model))
     console.print(f"wrote {out}")
