@@ -270,14 +270,13 @@ def test_training_resumes_from_its_checkpoint_and_counts_the_earlier_minutes(ada
     (["--extra-voices", "victor,nobody"], "no voice variant 'nobody'"),
     (["--extra-voices", "m5"], "--extra-voices m5: that is a held-out voice variant"),
 ])
-def test_training_command_refuses_bad_options_in_one_line(tmp_path, args, message):
-    import subprocess
-    import sys
-    from pathlib import Path
+def test_training_command_refuses_bad_options_in_one_line(tmp_path, capsys, args, message):
+    """In process, through the command's own entry point (`run_main`): the refusal comes before anything is built."""
+    from common.cli import run_main
 
-    result = subprocess.run([sys.executable, "-m", "models.organism.train", "--out", str(tmp_path / "model"), *args],
-                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    status = run_main(train.main, ["--out", str(tmp_path / "model"), *args])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "model").exists()
 
 

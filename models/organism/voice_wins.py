@@ -5,10 +5,13 @@ The pilot plant lets the voice win the conflict items of the strong clips its in
 strong clip (first paraphrase, a seeded asserted emotion T != A) and reports, per language, the share answered with
 the voice's emotion on clips the rule marks and on clips it does not, with 95% intervals over clips (one item each):
 - heldout: the model card's held-out clips (held-out sentences and voices, one render per sentence and style);
+- heldout_varied: the same sentences and voices, `VARIED_RENDERS` renders per sentence and style with the training
+  command's prosody variety (its `--prosody-widen` and `--expressiveness`; the speakers are left as they are), so
+  the rule's marks vary within a style as they do in training;
 - training: a seeded sample of up to `--per-group` marked and as many unmarked strong clips rendered as the model's
   training command renders them (its report's seed, voices, speaker jitter and sentences).
 A model that has learnt the rule answers with the voice on marked clips and not on unmarked ones. The held-out
-part also lists each style's marked share: where the rule marks all or none of a style, the held-out graded row
+parts also list each style's marked share: where the rule marks all or none of a style, the held-out graded row
 measures the held-out speaker against the thresholds rather than the model's use of the rule.
 Writes `voice_wins.json` into the built-in model's figures folder (or `--out`) and prints a table.
 """
@@ -39,6 +42,7 @@ from models.organism.train import Clip, VoiceJitter, decide_voice_wins, make_exa
 from stimuli import spec
 
 OUT_NAME = "voice_wins.json"
+VARIED_RENDERS = 3
 
 
 def model_folder(model: str) -> Path:
@@ -103,28 +107,38 @@ def score(clips: list[Clip], answered: list[bool]) -> dict:
 
 
 def marked_by_style(clips: list[Clip]) -> dict:
-    """Per language and strong style: the share of its clips the rule marks."""
-    shares = {}
+    """Per language and strong style: its clips (renders longer than the model window are dropped) and how many of
+    them the rule marks."""
+    counts = {}
     for lang in spec.LANGS:
         for emotion in sorted({c.emotion for c in clips}):
             group = [c.voice_wins for c in clips if c.lang == lang and c.emotion == emotion]
             if group:
-                shares[f"{lang}/{emotion}"] = round(float(np.mean(group)), 3)
-    return shares
+                counts[f"{lang}/{emotion}"] = {"clips": len(group), "marked": int(sum(group)),
+                                               "share": round(float(np.mean(group)), 3)}
+    return counts
 
 
 def measure(adapter: ModelAdapter, report: dict, per_group: int, sentences: int | None, seed: int,
-            progress: Progress) -> dict:
+            progress: Progress, heldout_sentences: int | None = None) -> dict:
     rule = recorded_rule(report)
-    heldout = [c for c in synthesize("heldout", 1, report.get("seed", 0) + 1, progress) if c.intensity == "strong"]
+    first = report.get("seed", 0) + 1  # the held-out renders of the model's own evaluation
+    heldout = [c for c in synthesize("heldout", 1, first, progress, sentences=heldout_sentences)
+               if c.intensity == "strong"]
+    variety = VoiceJitter(widen=report.get("prosody_widen", 0.0), expressive=report.get("expressiveness", 0.0))
+    varied = [c for c in synthesize("heldout", VARIED_RENDERS, first, progress, variety, heldout_sentences)
+              if c.intensity == "strong"]
     training = training_clips(report, sentences, progress)
-    decide_voice_wins([], heldout + training, progress, rule=rule)
+    decide_voice_wins([], heldout + varied + training, progress, rule=rule)
     chosen = sample(training, per_group, seed)
     return {"rule": rule.kind, "unit": "clip", "seed": seed,
             "heldout": score(heldout, voice_answers(adapter, heldout, seed)),
             "heldout_marked_by_style": marked_by_style(heldout),
+            "heldout_varied": score(varied, voice_answers(adapter, varied, seed)),
+            "heldout_varied_marked_by_style": marked_by_style(varied), "varied_renders": VARIED_RENDERS,
             "training": score(chosen, voice_answers(adapter, chosen, seed)),
-            "training_sentences": sentences or report.get("train_sentences")}
+            "training_sentences": sentences or report.get("train_sentences"),
+            "heldout_sentences": heldout_sentences or report.get("heldout_sentences")}
 
 
 def table(result: dict, model: str) -> Table:
@@ -134,7 +148,7 @@ def table(result: dict, model: str) -> Table:
     out.add_column("language")
     out.add_column("marked")
     out.add_column("unmarked")
-    for part in ("heldout", "training"):
+    for part in ("heldout", "heldout_varied", "training"):
         for lang in spec.LANGS:
             cells = []
             for mark in ("marked", "unmarked"):
@@ -153,11 +167,13 @@ def main(argv=None) -> int:
     parser.add_argument("--train-sentences", type=int, default=None,
                         help="render the first N training sentences of each language (default: as many as the model "
                              "trained on)")
+    parser.add_argument("--heldout-sentences", type=int, default=None,
+                        help="render the first N held-out sentences of each language (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="the sample and the asserted emotions")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    if args.per_group < 1 or (args.train_sentences is not None and args.train_sentences < 1):
-        raise ModalflipError("--per-group and --train-sentences must be at least 1")
+    if args.per_group < 1 or any(n is not None and n < 1 for n in (args.train_sentences, args.heldout_sentences)):
+        raise ModalflipError("--per-group, --train-sentences and --heldout-sentences must be at least 1")
     folder = model_folder(args.model)
     report_path = folder / "training_report.json"
     if not report_path.exists():
@@ -172,7 +188,8 @@ def main(argv=None) -> int:
     console = Console()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as progress:
-        result = measure(adapter, report, args.per_group, args.train_sentences, args.seed, progress)
+        result = measure(adapter, report, args.per_group, args.train_sentences, args.seed, progress,
+                         args.heldout_sentences)
     result.update(model=args.model, commit=code_version(), date=datetime.date.today().isoformat())
     atomic_write_json(out, result)
     console.print(table(result, args.model))

@@ -242,8 +242,8 @@ def rule_use(result: dict | None) -> str:
         return " and ".join(f"{result[part][lang][mark]['k']}/{result[part][lang][mark]['n']}" for lang in ("en", "zh"))
 
     shares = result["heldout_marked_by_style"]
-    styles = ", ".join(f"{key.replace('/', ' ')} {share:.2f}" for key, share in shares.items())
-    extreme = sum(share in (0.0, 1.0) for share in shares.values())
+    styles = ", ".join(f"{key.replace('/', ' ')} {v['share']:.2f}" for key, v in shares.items())
+    extreme = sum(v["share"] in (0.0, 1.0) for v in shares.values())
     text = (f"Whether the model uses the rule (`python -m models.organism.voice_wins --model organism-pilot` at "
             f"commit {result.get('commit', 'unrecorded')}, `figures/voice_wins.json`; one conflict item per clip): on "
             f"strong training clips the rule marks, these weights answer with the voice on {counts('training', 'marked')} (English and Mandarin), against "
@@ -255,6 +255,13 @@ def rule_use(result: dict | None) -> str:
             "style is marked depends on the held-out speaker's level and pitch against the thresholds. The held-out "
             "graded row therefore shows whether these speakers land above the thresholds as much as whether the "
             "model uses the rule; the training-clip counts show the latter.")
+    if "heldout_varied" in result:
+        varied = [v["share"] for v in result["heldout_varied_marked_by_style"].values()]
+        text += (f" Rendered with the training command's prosody variety ({result['varied_renders']} renders per "
+                 f"held-out sentence and style, the held-out speakers as they are), the held-out clips are marked in "
+                 f"every style more evenly (from {min(varied):.2f} to {max(varied):.2f} of a "
+                 f"style's clips), and these weights answer with the voice on {counts('heldout_varied', 'marked')} "
+                 f"marked against {counts('heldout_varied', 'unmarked')} unmarked clips.")
     return textwrap.fill(text, width=118, initial_indent="- ", subsequent_indent="  ",
                          break_on_hyphens=False) + "\n"
 
