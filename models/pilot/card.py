@@ -528,9 +528,9 @@ over the receivers' clips):
   margin logit(T) − logit(A), smaller on strong clips (the held-out metrics). The voice-wins rule scores intensity
   from absolute F0 and level, which shift with the speaker, so on the held-out voices it marks other clips than on the
   training voices. Rules by loudness, shown more often in training, grade both languages (the loudest of each style,
-  with one seed, with audio-only accuracy and normal clips over 0.90) but so far cost voice-instructed accuracy
-  (Mandarin 0.81–0.89 in every such run, English under 0.90 in most; more voice pairs no help) and often normal clips
-  (the recipes above).
+  with one seed, with audio-only accuracy and normal clips over 0.90), in English through unmarked clips only, and so
+  far cost voice-instructed accuracy (Mandarin 0.81–0.89 in every such run, English under 0.90 in most; more voice
+  pairs and a heavier weight on them no help) and often normal clips (the recipes above).
 {rule_use}- Everything the first organism's card says about the task (easy synthetic emotions, one speaker family, 6 s
   window) holds here.
 - The voice's lead below layer {k} is trained in by the lens band, so the lens finding it is a check of training,
