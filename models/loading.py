@@ -28,6 +28,14 @@ REBUILD = {"organism": "python -m models.organism.train",
            "organism-pilot": "python -m models.organism.train --plant pilot --init-from models/organism/model"}
 
 
+def built_in_figure(model: str, name: str) -> Path:
+    """Where a measurement of a built-in model is kept by default: `name` in the figures folder beside its weights.
+    Any other model has no such folder, so the measuring command needs --out."""
+    if model not in BUILT_IN:
+        raise ModalflipError("--out is needed for a model that is not built in")
+    return BUILT_IN[model].parent / "figures" / name
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -66,8 +66,6 @@ def item_mix(voice_share: float = VOICE_PAIR_SHARE) -> dict[str, float]:
             "voice-instructed (T != A and T = A)": round(pairs * voice_share, 2)}
 
 
-
-
 @dataclass
 class Clip:
     wave: np.ndarray

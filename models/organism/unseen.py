@@ -31,11 +31,10 @@ from rich.table import Table
 
 from common.atomic import atomic_write_json
 from common.cli import run_main
-from common.errors import ModalflipError
 from common.stats import clustered_rate
 from models.adapter import ModelAdapter
 from models.forward import run_traced
-from models.loading import BUILT_IN, load_model
+from models.loading import built_in_figure, load_model
 from models.organism.train import (Clip, VoiceJitter, make_example, named_emotion, render_clips, styles,
                                    synthesize)
 from stimuli import spec, tts
@@ -176,9 +175,7 @@ OUT_NAMES = {name: clip_set.out_name for name, clip_set in CLIP_SETS.items()}
 
 
 def default_out(model: str, clips: str = "unseen") -> Path:
-    if model not in BUILT_IN:
-        raise ModalflipError("--out is needed for a model that is not built in")
-    return BUILT_IN[model].parent / "figures" / OUT_NAMES[clips]
+    return built_in_figure(model, OUT_NAMES[clips])
 
 
 def main(argv=None) -> int:

@@ -35,10 +35,10 @@ from common.errors import ModalflipError
 from common.stats import clustered_rate
 from eval.records import code_version
 from models.adapter import ModelAdapter
-from models.forward import run_traced
-from models.loading import BUILT_IN, load_model
+from models.loading import BUILT_IN, built_in_figure, load_model
 from models.organism import intensity
-from models.organism.train import Clip, VoiceJitter, decide_voice_wins, make_example, named_emotion, synthesize
+from models.organism.train import (Clip, VoiceJitter, answer_logits, decide_voice_wins, make_example, named_emotion,
+                                   synthesize)
 from stimuli import spec
 
 OUT_NAME = "voice_wins.json"
@@ -87,9 +87,8 @@ def voice_answers(adapter: ModelAdapter, clips: list[Clip], seed: int, batch_siz
     answered = []
     for start in range(0, len(clips), batch_size):
         chunk = slice(start, start + batch_size)
-        batch = adapter.build_batch([c.wave for c in clips[chunk]], prompts[chunk])
         with torch.no_grad():
-            logits = run_traced(adapter, batch, logits_at=batch.answer_positions()).logits
+            logits = answer_logits(adapter, [c.wave for c in clips[chunk]], prompts[chunk])
         answered += [named_emotion(v, ids[c.lang]) == c.emotion for c, v in zip(clips[chunk], logits)]
     return answered
 
@@ -119,9 +118,8 @@ def marked_by_style(clips: list[Clip]) -> dict:
     return counts
 
 
-def measure(adapter: ModelAdapter, report: dict, per_group: int, sentences: int | None, seed: int,
-            progress: Progress, heldout_sentences: int | None = None) -> dict:
-    rule = recorded_rule(report)
+def measure(adapter: ModelAdapter, report: dict, rule: intensity.IntensityRule, per_group: int,
+            sentences: int | None, seed: int, progress: Progress, heldout_sentences: int | None = None) -> dict:
     first = report.get("seed", 0) + 1  # the held-out renders of the model's own evaluation
     heldout = [c for c in synthesize("heldout", 1, first, progress, sentences=heldout_sentences)
                if c.intensity == "strong"]
@@ -179,16 +177,14 @@ def main(argv=None) -> int:
     if not report_path.exists():
         raise ModalflipError(f"{report_path} does not exist: the rule is read from a training report")
     report = json.loads(report_path.read_text())
-    recorded_rule(report)  # refuse before loading anything
-    if args.out is None and args.model not in BUILT_IN:
-        raise ModalflipError("--out is needed for a model that is not built in")
-    out = Path(args.out) if args.out else folder.parent / "figures" / OUT_NAME
+    rule = recorded_rule(report)  # refused before anything is loaded
+    out = Path(args.out) if args.out else built_in_figure(args.model, OUT_NAME)
     torch.set_num_threads(args.threads)
     adapter = load_model(args.model, device="cpu")
     console = Console()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as progress:
-        result = measure(adapter, report, args.per_group, args.train_sentences, args.seed, progress,
+        result = measure(adapter, report, rule, args.per_group, args.train_sentences, args.seed, progress,
                          args.heldout_sentences)
     result.update(model=args.model, commit=code_version(), date=datetime.date.today().isoformat())
     atomic_write_json(out, result)

@@ -239,22 +239,23 @@ def rule_use(result: dict | None) -> str:
         return ""
 
     def counts(part: str, mark: str) -> str:
-        return " and ".join(f"{result[part][lang][mark]['k']}/{result[part][lang][mark]['n']}" for lang in ("en", "zh"))
+        return " and ".join(f"{result[part][lang][mark]['k']}/{result[part][lang][mark]['n']}"
+                            for lang in ("en", "zh"))
 
     shares = result["heldout_marked_by_style"]
     styles = ", ".join(f"{key.replace('/', ' ')} {v['share']:.2f}" for key, v in shares.items())
     extreme = sum(v["share"] in (0.0, 1.0) for v in shares.values())
     text = (f"Whether the model uses the rule (`python -m models.organism.voice_wins --model organism-pilot` at "
             f"commit {result.get('commit', 'unrecorded')}, `figures/voice_wins.json`; one conflict item per clip): on "
-            f"strong training clips the rule marks, these weights answer with the voice on {counts('training', 'marked')} (English and Mandarin), against "
-            f"{counts('training', 'unmarked')} unmarked ones; on the held-out clips, {counts('heldout', 'marked')} "
-            f"marked against {counts('heldout', 'unmarked')} unmarked. On the held-out clips the rule marks all or "
-            f"none of {extreme} of the {len(shares)} strong styles (the share of each style's clips marked: {styles}): "
-            "they are one render per "
-            "sentence and style at the style's own prosody ranges, so within a style they barely vary, and whether a "
-            "style is marked depends on the held-out speaker's level and pitch against the thresholds. The held-out "
-            "graded row therefore shows whether these speakers land above the thresholds as much as whether the "
-            "model uses the rule; the training-clip counts show the latter.")
+            f"strong training clips the rule marks, these weights answer with the voice on "
+            f"{counts('training', 'marked')} (English and Mandarin), against {counts('training', 'unmarked')} "
+            f"unmarked ones; on the held-out clips, {counts('heldout', 'marked')} marked against "
+            f"{counts('heldout', 'unmarked')} unmarked. On the held-out clips the rule marks all or none of {extreme} "
+            f"of the {len(shares)} strong styles (the share of each style's clips marked: {styles}): they are one "
+            "render per sentence and style at the style's own prosody ranges, so within a style they barely vary, "
+            "and whether a style is marked depends on the held-out speaker's level and pitch against the "
+            "thresholds. The held-out graded row therefore shows whether these speakers land above the thresholds "
+            "as much as whether the model uses the rule; the training-clip counts show the latter.")
     if "heldout_varied" in result:
         varied = ", ".join(f"{key.replace('/', ' ')} {v['share']:.2f}"
                            for key, v in result["heldout_varied_marked_by_style"].items())
