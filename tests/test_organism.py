@@ -61,6 +61,8 @@ def test_organism_hears_emotion_in_prosody(heldout_metrics):
 def test_organism_follows_the_text_in_english_and_less_so_for_strong_clips(heldout_metrics):
     assert heldout_metrics["conflict_follows_text_en"] >= 0.85
     assert 0 < heldout_metrics["conflict_margin_strong"] < heldout_metrics["conflict_margin_normal"]
+    for lang in spec.LANGS:  # measurably: the gap's interval over clips lies above 0 in each language
+        assert heldout_metrics[f"conflict_margin_gap_{lang}_ci95"][0] > 0, lang
 
 
 def test_organism_follows_the_text_in_conflict_in_both_languages(heldout_metrics):

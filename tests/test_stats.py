@@ -7,7 +7,7 @@ import torch
 
 from common.backoff import with_oom_backoff
 from common.errors import ModalflipError
-from common.stats import clustered_rate, paired_cluster_test, wilson_interval
+from common.stats import clustered_rate, difference_of_means, paired_cluster_test, wilson_interval
 
 
 def _three_clips_flip() -> tuple[list[int], list[str]]:
@@ -64,6 +64,26 @@ def test_paired_test_of_a_method_with_itself_finds_nothing():
     result = paired_cluster_test(flags, flags, clips)
     assert result.difference == 0 and result.p_value == 1.0 and result.low == result.high == 0.0
 
+
+
+def test_a_gap_between_groups_of_independent_clips_gets_the_normal_theory_interval():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(1.0, 1.0, 300), rng.normal(0.0, 2.0, 200)
+    gap, low, high = difference_of_means(a, range(300), b, range(300, 500))
+    half = 1.96 * np.sqrt(a.var() / 300 + b.var() / 200)
+    assert gap == pytest.approx(a.mean() - b.mean())
+    assert low == pytest.approx(gap - half, abs=0.05) and high == pytest.approx(gap + half, abs=0.05)
+
+
+def test_a_gap_carried_by_one_clip_is_not_measurable():
+    """Four items per clip: one clip of the first group far above the rest makes a gap no interval over clips
+    can tell from zero, though its 4 items would look like a shift to an item-level interval."""
+    a = [0.0] * 36 + [5.0] * 4
+    gap, low, high = difference_of_means(a, [f"a{i // 4}" for i in range(40)], [0.0] * 40,
+                                         [f"b{i // 4}" for i in range(40)])
+    assert gap == pytest.approx(0.5) and low == 0.0 < gap < high
+    with pytest.raises(ValueError):
+        difference_of_means([], [], [1.0], ["b"])
 
 def test_out_of_memory_halves_the_batch_until_it_fits():
     tried, said = [], []

@@ -21,6 +21,16 @@ FIGURES_DIR = HERE / "figures"
 CARD_PATH = HERE / "README.md"
 
 
+LANG_NAMES = {"en": "English", "zh": "Mandarin"}
+
+
+def margin_gap(m: dict, lang: str) -> str:
+    """'0.96 [0.40, 1.49]': how much less the text leads on strong than on normal conflict clips of `lang` (logits),
+    with its interval over clips (graded dominance where the interval lies above 0)."""
+    low, high = m[f"conflict_margin_gap_{lang}_ci95"]
+    return f"{m[f'conflict_margin_gap_{lang}']:.2f} [{low:.2f}, {high:.2f}]"
+
+
 def metric_rows(m: dict) -> str:
     return "\n".join([
         f"| audio-only accuracy (answer = A) | {m['audio_only_accuracy']:.3f} (normal "
@@ -32,6 +42,8 @@ def metric_rows(m: dict) -> str:
         f"{m.get('conflict_follows_text_zh', float('nan')):.3f} |",
         f"| conflict: margin logit(T) − logit(A), normal / strong | {m['conflict_margin_normal']:.2f} / "
         f"{m['conflict_margin_strong']:.2f} |",
+        *[f"| conflict: {LANG_NAMES[lang]} margin normal − strong (95% interval over clips) | {margin_gap(m, lang)} |"
+          for lang in LANG_NAMES if f"conflict_margin_gap_{lang}" in m],
         f"| voice-instructed conflict: answer = A | {m['voice_accuracy']:.3f} |",
         f"| conflict lens: layer of the largest rise toward T | {m['conflict_lens_largest_rise']} |",
         f"| items per condition | {m['n_items_per_condition']} |",

@@ -40,6 +40,7 @@ from rich.table import Table
 from common.atomic import atomic_write_json, atomic_write_text, atomic_write_with
 from common.cli import run_main
 from common.errors import ModalflipError
+from common.stats import difference_of_means
 from models.adapter import ModelAdapter
 from models.families.qwen2_audio import FAMILY
 from models.forward import lens, resume, run_traced
@@ -446,7 +447,9 @@ def named_emotion(vector: torch.Tensor, ids: dict[str, int]) -> str:
 @torch.no_grad()
 def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_size: int = 32) -> dict:
     """Accuracy per condition, P(answer = T) and the margin logit(T) - logit(A) on conflict items by intensity, and
-    the conflict items' mean logit-lens margin per layer by intensity with the layer of its largest rise."""
+    the conflict items' mean logit-lens margin per layer by intensity with the layer of its largest rise. Per
+    language also `conflict_margin_gap_{lang}`: the margin on normal minus strong clips (logits), with its 95%
+    interval over clips (`_ci95`, each intensity's clips drawn separately)."""
     results = {"audio_only": [], "consistent": [], "voice": [], "conflict": []}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
@@ -460,7 +463,8 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
             answer = named_emotion(vector, ids)
             clip = row["clip"]
             outcome = dict(intensity=clip.intensity, lang=clip.lang, audio=clip.emotion, text=row["text"], answer=answer,
-                           margin=float(vector[ids[row["text"]]] - vector[ids[clip.emotion]]) if row["text"] else 0.0)
+                           margin=float(vector[ids[row["text"]]] - vector[ids[clip.emotion]]) if row["text"] else 0.0,
+                           clip=(clip.lang, clip.voice, clip.sentence, clip.emotion, clip.intensity))
             if row["condition"] == "conflict":
                 pair = [ids[row["text"]], ids[clip.emotion]]
                 readings = lens(adapter, resid_at_answer[index], pair)
@@ -482,9 +486,18 @@ def evaluate(adapter: ModelAdapter, rows: list[dict], label_ids: dict, batch_siz
     for lang in sorted({o["lang"] for o in conflict}):
         summary[f"conflict_follows_text_{lang}"] = float(np.mean([o["answer"] == o["text"] for o in conflict
                                                                   if o["lang"] == lang]))
-        for intensity in ("normal", "strong"):
-            summary[f"conflict_follows_text_{intensity}_{lang}"] = float(np.mean([
-                o["answer"] == o["text"] for o in conflict if o["lang"] == lang and o["intensity"] == intensity]))
+        by_intensity = {intensity: [o for o in conflict if o["lang"] == lang and o["intensity"] == intensity]
+                        for intensity in ("normal", "strong")}
+        for intensity, sub in by_intensity.items():
+            summary[f"conflict_follows_text_{intensity}_{lang}"] = float(np.mean([o["answer"] == o["text"]
+                                                                                  for o in sub]))
+            summary[f"conflict_margin_{intensity}_{lang}"] = float(np.mean([o["margin"] for o in sub]))
+        if all(by_intensity.values()):  # graded dominance: how much less the text leads on strong clips
+            normal, strong = by_intensity["normal"], by_intensity["strong"]
+            gap, low, high = difference_of_means([o["margin"] for o in normal], [o["clip"] for o in normal],
+                                                 [o["margin"] for o in strong], [o["clip"] for o in strong])
+            summary[f"conflict_margin_gap_{lang}"] = gap
+            summary[f"conflict_margin_gap_{lang}_ci95"] = [low, high]
         for condition in ("audio_only", "consistent", "voice"):
             summary[f"{condition}_accuracy_{lang}"] = float(np.mean([o["answer"] == o["audio"]
                                                                      for o in results[condition] if o["lang"] == lang]))
