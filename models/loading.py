@@ -25,7 +25,7 @@ PILOT_DIR = Path(__file__).parent / "pilot" / "model"
 # the built-in models, by the name every runner's --model takes, with the command that rebuilds each
 BUILT_IN = {"organism": ORGANISM_DIR, "organism-pilot": PILOT_DIR}
 REBUILD = {"organism": "python -m models.organism.train",
-           "organism-pilot": "python -m models.organism.train --plant pilot --init-from models/organism/model"}
+           "organism-pilot": "python -m models.pilot.train"}
 
 
 def built_in_figure(model: str, name: str) -> Path:

@@ -43,7 +43,7 @@ def seed_lens(pilot):
 
 def test_a_missing_built_in_model_names_the_command_that_rebuilds_it(tmp_path, monkeypatch):
     monkeypatch.setitem(loading.BUILT_IN, "organism-pilot", tmp_path / "model")
-    with pytest.raises(ModalflipError, match="--plant pilot"):
+    with pytest.raises(ModalflipError, match="models.pilot.train"):
         loading.load_model("organism-pilot", device="cpu")
 
 
@@ -80,10 +80,12 @@ def test_the_pilot_follows_the_text_on_normal_clips(heldout_metrics, lang):
     assert heldout_metrics[f"conflict_follows_text_normal_{lang}"] >= 0.90
 
 
-def test_strong_clips_are_followed_by_a_smaller_margin_than_normal_ones(heldout_metrics):
-    """The card marks the graded row (fewer strong conflict answers follow the text) as not met: every held-out
-    conflict answer follows the text. What stays graded is the margin logit(T) - logit(A), which this holds."""
-    assert heldout_metrics["conflict_margin_strong"] < heldout_metrics["conflict_margin_normal"] - 0.4
+@pytest.mark.parametrize("lang", spec.LANGS)
+def test_the_text_leads_strong_clips_measurably_less_than_normal_ones(heldout_metrics, lang):
+    """Graded dominance, as the first organism's: the margin logit(T) - logit(A) is smaller on strong conflict clips
+    by an amount whose 95% interval over clips lies above 0, and no more strong than normal clips follow the text."""
+    assert card.graded(heldout_metrics, lang)
+    assert heldout_metrics[f"conflict_margin_gap_{lang}"] > 0.5
 
 
 def test_the_pilot_hears_a_renderer_it_never_trained_on_better_than_the_first_organism(pilot, organism):

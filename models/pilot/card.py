@@ -17,8 +17,8 @@ import numpy as np
 from common.atomic import atomic_write_text
 from common.cli import run_main
 from common.errors import ModalflipError
-from models.organism.card import (draw_lens_by_intensity, lens_by_intensity, lens_table, machine, metric_rows,
-                                  patch_table)
+from models.organism.card import (LANG_NAMES, draw_lens_by_intensity, lens_by_intensity, lens_table, machine,
+                                  margin_gap, metric_rows, patch_table)
 from models.organism.unseen import OUT_NAMES, knob_slopes, misreadings, rate_cell, renderer
 from probes.logit_lens import largest_rise
 from stimuli.tts import prosody_spec
@@ -29,7 +29,6 @@ FIGURES_DIR = HERE / "figures"
 ORGANISM_FIGURES = HERE.parent / "organism" / "figures"  # the first organism's, for comparison
 CARD_PATH = HERE / "README.md"
 EARLY = range(4, 21)  # the layers where the voice should lead at the answer position (tier 1)
-LANG_NAMES = {"en": "English", "zh": "Mandarin"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,15 @@ def flip_rates(summary: dict, lang: str, kind: str) -> dict[int, float]:
     return dict(zip(summary["patching"]["layers"], data["flip_rate"]))
 
 
+def graded(h: dict, lang: str) -> bool:
+    """The graded row, as the first organism is graded: the text is followed on ≥ 0.90 of normal conflict clips,
+    on no more of the strong ones, and it leads measurably less on strong clips: the margin logit(T) − logit(A) is
+    smaller by an amount whose 95% interval over clips lies above 0. A strong clip going the voice's way is the
+    extreme of that (its margin below 0)."""
+    normal, strong = h[f"conflict_follows_text_normal_{lang}"], h[f"conflict_follows_text_strong_{lang}"]
+    return normal >= 0.90 and strong <= normal and h[f"conflict_margin_gap_{lang}_ci95"][0] > 0
+
+
 def targets(report: dict, summary: dict, unseen: dict, reweighted: dict | None = None) -> list[Target]:
     """The issue's tier-1 and tier-2 targets, each with its measured value and whether it is met (the reweighted
     renderer's row only when it has been measured)."""
@@ -69,10 +77,10 @@ def targets(report: dict, summary: dict, unseen: dict, reweighted: dict | None =
                    h[f"audio_only_accuracy_{lang}"] >= 0.90),
             Target(1, f"{name}: voice-instructed accuracy ≥ 0.90 (held-out)", f"{h[f'voice_accuracy_{lang}']:.3f}",
                    h[f"voice_accuracy_{lang}"] >= 0.90),
-            Target(1, f"{name}: conflict follows T ≥ 0.90 on normal clips, less on strong (held-out)",
-                   f"{h[f'conflict_follows_text_normal_{lang}']:.3f} / {h[f'conflict_follows_text_strong_{lang}']:.3f}",
-                   h[f"conflict_follows_text_normal_{lang}"] >= 0.90
-                   and h[f"conflict_follows_text_strong_{lang}"] < h[f"conflict_follows_text_normal_{lang}"]),
+            Target(1, f"{name}: conflict follows T ≥ 0.90 on normal clips, less on strong (held-out; P(answer = T) "
+                      "normal / strong; margin normal − strong [95%, clips])",
+                   f"{h[f'conflict_follows_text_normal_{lang}']:.3f} / {h[f'conflict_follows_text_strong_{lang}']:.3f}; "
+                   f"{margin_gap(h, lang)}", graded(h, lang)),
         ]
         heard = unseen[lang]["audio_only"]["all"]
         rows.append(Target(1, f"{name}: the unseen renderer heard ≥ 0.75 (audio-only)",
@@ -254,8 +262,8 @@ def rule_use(result: dict | None) -> str:
             f"of the {len(shares)} strong styles (the share of each style's clips marked: {styles}): they are one "
             "render per sentence and style at the style's own prosody ranges, so within a style they barely vary, "
             "and whether a style is marked depends on the held-out speaker's level and pitch against the "
-            "thresholds. The held-out graded row therefore shows whether these speakers land above the thresholds "
-            "as much as whether the model uses the rule; the training-clip counts show the latter.")
+            "thresholds. Held-out answers that go the voice's way therefore show whether these speakers land above "
+            "the thresholds as much as whether the model uses the rule; the training-clip counts show the latter.")
     if "heldout_varied" in result:
         varied = ", ".join(f"{key.replace('/', ' ')} {v['share']:.2f}"
                            for key, v in result["heldout_varied_marked_by_style"].items())
@@ -298,6 +306,23 @@ def stages(report: dict) -> tuple[dict, str]:
         f"`stimuli.tts.express`). {rule_origin(report, base)}")
 
 
+def grading_text(h: dict) -> str:
+    """The Known-limits line on how the held-out conflicts are graded: by answers, or by the margin alone."""
+    langs = [lang for lang in LANG_NAMES if f"conflict_follows_text_strong_{lang}" in h]
+    voice_wins = [1 - h[f"conflict_follows_text_strong_{lang}"] for lang in langs]
+    rates = ", ".join(f"{LANG_NAMES[lang]} {h[f'conflict_follows_text_normal_{lang}']:.3f} / "
+                      f"{h[f'conflict_follows_text_strong_{lang}']:.3f}" for lang in langs)
+    if any(voice_wins):
+        text = (f"Held-out conflict answers follow the text on normal / strong clips at {rates}: some strong clips "
+                "go the voice's way, and the text leads the rest by less (the margin rows above).")
+    else:
+        text = (f"The grading is in the margin only, as the first organism's is: held-out conflict answers follow "
+                f"the text on normal / strong clips at {rates}, so no strong clip goes the voice's way; the text "
+                "leads strong clips by less (the margin rows above).")
+    return textwrap.fill(text, width=118, initial_indent="- ", subsequent_indent="  ",
+                         break_on_hyphens=False) + "\n"
+
+
 def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
     paths = {"report": model_dir / "training_report.json", "probes": figures / "summary.json",
              "unseen": figures / OUT_NAMES["unseen"]}
@@ -337,6 +362,7 @@ def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
         plain=report.get("plain_share", 0), band=report.get("early_band_weight") or 0.0,
         lens_weight=report["lens_weight"],
         rule=rule_text(report["audio_wins"]), targets=target_table(rows), rule_use=rule_use(voice_wins),
+        grading=grading_text(report["heldout"]),
         met1=sum(r.met for r in rows if r.tier == 1), n1=sum(r.tier == 1 for r in rows),
         met2=sum(r.met for r in rows if r.tier == 2), n2=sum(r.tier == 2 for r in rows),
         heldout=metric_rows(report["heldout"]), seed_set=metric_rows(report["seed_set"]),
@@ -363,7 +389,12 @@ plants a depth, so the pilot study's dynamics have to be learnt, and the probes 
 whose structure is put in by training and then measured, not a claim about 7B models.
 
 ## Training
-`{command}` (seed {seed}, {steps} steps, **{minutes} minutes** {machine}; it checkpoints every 100 steps and resumes
+One command trains both stages below: `python -m models.pilot.train` (stage 1 into a `pilot-stage1` folder beside
+the model folder, then stage 2 from its weights; a kill resumes the stage it was in; the stages' options are
+`models/pilot/recipe.json`, which a test holds to the commands below; `--seed`, `--threads` (default 1) and
+`--device` go to both).
+
+**Stage 1.** `{command}` (seed {seed}, {steps} steps, **{minutes} minutes** {machine}; it checkpoints every 100 steps and resumes
 after a kill; two runs from one seed on one device write the same weights). It starts from the first organism's
 weights (its token-local layers become full-attention layers) and trains on {train_clips} clips: the first
 organism's second-stage data (72 sentences per language, 4 more eSpeak NG voice variants, pitch and speed shifts)
@@ -523,14 +554,13 @@ over the receivers' clips):
   core busy, commit c74fd23).
 
 ## Known limits
-- No held-out conflict answer goes the voice's way: the graded row above is not met in either language (the stage-1
-  weights followed the text on 0.969 of strong English and 0.906 of strong Mandarin items, per their card at commit
-  ef73bc3; every second stage that kept voice-instructed accuracy over 0.90 lost that). What stays graded is the
-  margin logit(T) − logit(A), smaller on strong clips (the held-out metrics). The voice-wins rule scores intensity
-  from absolute F0 and level, which shift with the speaker, so on the held-out voices it marks other clips than on the
-  training voices. Rules by loudness, shown more often in training, grade both languages (the loudest of each style,
-  with one seed, with audio-only accuracy and normal clips over 0.90), in English through unmarked clips only, and so
-  far cost voice-instructed accuracy (Mandarin 0.81–0.89 in every such run, English under 0.90 in most; more voice
+{grading}- Strong clips that go the voice's way: the stage-1 weights followed the text on 0.969 of strong English and 0.906
+  of strong Mandarin items, per their card at commit ef73bc3; every second stage that kept voice-instructed accuracy
+  over 0.90 lost that. The voice-wins rule scores intensity from absolute F0 and level, which shift with the
+  speaker, so on the held-out voices it marks other clips than on the training voices. Rules by loudness, shown more
+  often in training, let strong clips go the voice's way in both languages (the loudest of each style, with one seed,
+  with audio-only accuracy and normal clips over 0.90), in English through unmarked clips only, and so far cost
+  voice-instructed accuracy (Mandarin 0.81–0.89 in every such run, English under 0.90 in most; more voice
   pairs and a heavier weight on them no help) and often normal clips (the recipes above).
 {rule_use}- Everything the first organism's card says about the task (easy synthetic emotions, one speaker family, 6 s
   window) holds here.
