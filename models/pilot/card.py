@@ -465,6 +465,9 @@ over the receivers' clips):
   fewer pairs than conflict items follow the text (the tier-2 rows above).
 
 ## Recipes that did not ship
+In this list "graded" means graded by answers: fewer strong than normal held-out conflict clips follow the
+text, some strong ones going the voice's way.
+
 - More Mandarin (the command above with `--prosody-widen 0.75 --plain-share 0.5 --zh-share 0.6 --steps 800`, commit
   d48bf8d, 79.8 minutes on one thread): held-out Mandarin audio-only 0.917 (over 0.90), voice-instructed 0.833 (no
   change); but English strong conflict clips followed the text 1.000 like normal ones (no longer graded), and the
