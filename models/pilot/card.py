@@ -553,8 +553,13 @@ text, some strong ones going the voice's way.
   voice-instructed 0.931 / 0.903), conflict follows T 1.000 on normal and strong clips (not graded). With
   `--swap-weight 2`, voice-instructed Mandarin fell to 0.889 and conflicts stayed ungraded; with `--swap-weight 1
   --voice-wins-by emotion-level --voice-wins-share 0.12` (voice pairs not kept), only Mandarin was graded (0.950 /
-  0.781) and voice-instructed accuracy fell to 0.889 / 0.833 (25.7–25.9 minutes each on one thread with the other
-  core busy, commit c74fd23).
+  0.781) and voice-instructed accuracy fell to 0.889 / 0.833 (25.7–25.9 minutes each on one thread with the other core
+  busy, commit c74fd23). Twice as long (`--steps 400`, commit cc66e76, 55.4 minutes on one thread with the other core
+  busy; held-out numbers of its fp16 weights): English meets every tier-2 row (Patch Text 1.00 in layers 5–17, then
+  0.94, 0.89, 0.81 in 18–20, 0 from layer 25), Mandarin misses at layers 19–20 (0.97 in 5–16, then 0.89, 0.86, 0.78,
+  0.69 in 17–20); audio-only 1.000 / 0.917, voice-instructed 0.958 / 0.889 (Mandarin one item under 0.90), the unseen
+  renderer 0.771 / 0.785, the reweighted one 0.847 / 0.868, margins normal − strong 1.25 [0.84, 1.69] / 1.75 [1.10,
+  2.41]. A third stage also takes the training past 90 minutes (about 139).
 
 ## Known limits
 {grading}- Strong clips that go the voice's way: the stage-1 weights followed the text on 0.969 of strong English and 0.906
