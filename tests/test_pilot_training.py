@@ -6,6 +6,7 @@ import json
 import pytest
 
 from common.cli import run_main
+from models.organism import train as organism_train
 from models.pilot import card, train
 
 TINY = ["--plant", "pilot", "--layers", "6", "--takeover-layer", "2", "--train-sentences", "1", "--renders", "1",
@@ -32,6 +33,9 @@ def test_one_command_runs_stage_one_then_stage_two_from_its_weights_and_skips_a_
     report = json.loads((tmp_path / "model" / "training_report.json").read_text())
     assert report["init_from"] == str(first) and report["steps"] == 1 and report["lr"] == 0.0005
     assert report["base"]["steps"] == 2 and report["base"]["seed"] == report["seed"] == 0
+    # the report describes the saved fp16 weights on the same items a later evaluation scores, though stage 2's
+    # voice-wins rule marked some held-out clips while it trained
+    assert organism_train.reevaluate(tmp_path / "model")["heldout"] == report["heldout"]
     weights = (first / "model.safetensors").stat().st_mtime_ns
     # run again with a stage 2 that is refused as soon as it starts: stage 1 is done, so it is not run again
     recipe.write_text(json.dumps({"stage1": TINY + ["--lr", "0.001", "--steps", "2"],

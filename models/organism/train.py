@@ -28,7 +28,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -428,12 +428,13 @@ def train(adapter, steps, lr, seed, progress, loss_fn, checkpoint: Path, monitor
 
 def evaluation_set(clips: list[Clip], seed: int) -> list[dict]:
     """Every held-out clip under audio-only, consistent, one conflict and one voice-instructed item (first
-    paraphrase, natural duration)."""
+    paraphrase, natural duration). The items are the same whether or not a voice-wins rule marked the clips."""
     rng = np.random.default_rng(seed)
     rows = []
     for clip in clips:
+        unmarked = replace(clip, voice_wins=None)  # a marked clip would skip make_example's coin and shift every T
         for condition in ("audio_only", "consistent", "conflict", "voice"):
-            prompt, _, text = make_example(clip, condition, rng, paraphrase=0)
+            prompt, _, text = make_example(unmarked, condition, rng, paraphrase=0)
             rows.append(dict(clip=clip, condition=condition, prompt=prompt, text=text))
     return rows
 
@@ -621,21 +622,30 @@ def base_recipe(folder: Path) -> dict | None:
             if key not in ("heldout", "seed_set", "heldout_sentences_by_voice", "status")}
 
 
+def evaluate_saved(model_dir: Path, heldout_clips: list[Clip], seed: int, device: str = "auto"
+                   ) -> tuple[ModelAdapter, dict, dict]:
+    """Load the weights saved in `model_dir` as a user does and evaluate them on `heldout_clips` and the seed set:
+    (adapter, held-out metrics, seed-set metrics). A report describes these, the fp16 weights that ship, not the
+    fp32 weights a run ends with."""
+    from models.loading import load_model
+
+    adapter = load_model(str(model_dir), device=device)
+    label_ids = {lang: adapter.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
+    return (adapter, evaluate(adapter, evaluation_set(heldout_clips, seed), label_ids),
+            evaluate(adapter, evaluation_set(seed_set_clips(), seed), label_ids))
+
+
 def reevaluate(model_dir: Path, seed: int = 0, by_voice: bool = False) -> dict:
     """Evaluate saved weights on the held-out clips and the seed set again (and, with `by_voice`, every voice on
     the held-out sentences: `hearing_by_voice`); update the training report."""
-    from models.loading import load_model
-
-    adapter = load_model(str(model_dir))
-    label_ids = {lang: adapter.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
     with Progress(disable=True) as progress:
         heldout_clips = synthesize("heldout", 1, seed + 1, progress)
         per_voice_clips = voice_clips(seed, progress) if by_voice else []
     report_path = model_dir / "training_report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    report["heldout"] = evaluate(adapter, evaluation_set(heldout_clips, seed), label_ids)
-    report["seed_set"] = evaluate(adapter, evaluation_set(seed_set_clips(), seed), label_ids)
+    adapter, report["heldout"], report["seed_set"] = evaluate_saved(model_dir, heldout_clips, seed)
     if by_voice:
+        label_ids = {lang: adapter.label_token_ids(spec.label_words(lang)) for lang in spec.LANGS}
         report["heldout_sentences_by_voice"] = hearing_by_voice(adapter, per_voice_clips, label_ids)
     atomic_write_json(report_path, report)
     return report
@@ -835,13 +845,12 @@ def main(argv=None) -> int:
                                         lambda rng: objective(adapter, train_clips, args.batch_size, rng, label_ids),
                                         checkpoint, monitor, every=args.monitor_every, started=started)
     minutes = (time.time() - started) / 60
-    heldout = evaluate(adapter, evaluation_set(heldout_clips, args.seed), label_ids)
-    seed_set = evaluate(adapter, evaluation_set(seed_set_clips(), args.seed), label_ids)
     out.mkdir(parents=True, exist_ok=True)
     if pilot:  # where the lens reads the answer, for the probes' report (probes.run.trained_takeover)
         model.config.modalflip_organism["settle"] = objective.settle
     model.to(torch.float16).save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
+    _, heldout, seed_set = evaluate_saved(out, heldout_clips, args.seed, str(device))
     report = dict(
         takeover_layer=k, minutes=round(minutes, 1), threads=args.threads, device=str(device), seed=args.seed,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, lens_weight=args.lens_weight,
