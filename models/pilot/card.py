@@ -392,7 +392,9 @@ whose structure is put in by training and then measured, not a claim about 7B mo
 One command trains both stages below: `python -m models.pilot.train` (stage 1 into a `pilot-stage1` folder beside
 the model folder, then stage 2 from its weights; a kill resumes the stage it was in; the stages' options are
 `models/pilot/recipe.json`, which a test holds to the commands below; `--seed`, `--threads` (default 1) and
-`--device` go to both).
+`--device` go to both). Run at commit cc66e76 on this project's 2-core machine (`--device cpu`, the other core busy
+for most of it; 67.2 + 18.3 minutes), it rewrote both stages' weights byte for byte: stage 1 sha256 beb48420c039...,
+stage 2 (the shipped weights) 20462de90f2b....
 
 **Stage 1.** `{command}` (seed {seed}, {steps} steps, **{minutes} minutes** {machine}; it checkpoints every 100 steps and resumes
 after a kill; two runs from one seed on one device write the same weights). It starts from the first organism's
@@ -466,7 +468,9 @@ over the receivers' clips):
 
 ## Recipes that did not ship
 In this list "graded" means graded by answers: fewer strong than normal held-out conflict clips follow the
-text, some strong ones going the voice's way.
+text, some strong ones going the voice's way. The held-out numbers of runs before commit ee4df5c come from their
+training reports, written from the fp32 weights and on conflict and voice items whose asserted emotions were drawn
+after the voice-wins rule marked clips: the same clips as the rows above, other draws of T.
 
 - More Mandarin (the command above with `--prosody-widen 0.75 --plain-share 0.5 --zh-share 0.6 --steps 800`, commit
   d48bf8d, 79.8 minutes on one thread): held-out Mandarin audio-only 0.917 (over 0.90), voice-instructed 0.833 (no
