@@ -564,6 +564,11 @@ after the voice-wins rule marked clips: the same clips as the rows above, other 
   0.69 in 17–20); audio-only 1.000 / 0.917, voice-instructed 0.958 / 0.889 (Mandarin one item under 0.90), the unseen
   renderer 0.771 / 0.785, the reweighted one 0.847 / 0.868, margins normal − strong 1.25 [0.84, 1.69] / 1.75 [1.10,
   2.41]. A third stage also takes the training past 90 minutes (about 139).
+- Patch Text as a training signal in stage 2 itself, to stay within 90 minutes (the stage-2 command with
+  `--swap-weight 1` or `2`, commit e531d03, 27.7 and 27.5 minutes on one thread with the other core busy):
+  voice-instructed English fell to 0.861 in both (Mandarin 0.903 and 0.917); audio-only 0.986 / 0.917 and 0.972 /
+  0.889; conflicts graded by the margin only (normal − strong 1.08 [0.58, 1.55] / 0.79 [0.29, 1.28] and 0.79 [0.38,
+  1.18] / 0.76 [0.24, 1.31]).
 
 ## Known limits
 {grading}- Strong clips that go the voice's way: the stage-1 weights followed the text on 0.969 of strong English and 0.906
