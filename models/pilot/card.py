@@ -54,6 +54,11 @@ def flip_rates(summary: dict, lang: str, kind: str) -> dict[int, float]:
     return dict(zip(summary["patching"]["layers"], data["flip_rate"]))
 
 
+def bullet(text: str) -> str:
+    """`text` as one list item of the card, wrapped at 118 characters (hyphenated words kept whole)."""
+    return textwrap.fill(text, width=118, initial_indent="- ", subsequent_indent="  ", break_on_hyphens=False) + "\n"
+
+
 def graded(h: dict, lang: str) -> bool:
     """The graded row, as the first organism is graded: the text is followed on ≥ 0.90 of normal conflict clips,
     on no more of the strong ones, and it leads measurably less on strong clips: the margin logit(T) − logit(A) is
@@ -79,8 +84,8 @@ def targets(report: dict, summary: dict, unseen: dict, reweighted: dict | None =
                    h[f"voice_accuracy_{lang}"] >= 0.90),
             Target(1, f"{name}: conflict follows T ≥ 0.90 on normal clips, less on strong (held-out; P(answer = T) "
                       "normal / strong; margin normal − strong [95%, clips])",
-                   f"{h[f'conflict_follows_text_normal_{lang}']:.3f} / {h[f'conflict_follows_text_strong_{lang}']:.3f}; "
-                   f"{margin_gap(h, lang)}", graded(h, lang)),
+                   f"{h[f'conflict_follows_text_normal_{lang}']:.3f} / "
+                   f"{h[f'conflict_follows_text_strong_{lang}']:.3f}; {margin_gap(h, lang)}", graded(h, lang)),
         ]
         heard = unseen[lang]["audio_only"]["all"]
         rows.append(Target(1, f"{name}: the unseen renderer heard ≥ 0.75 (audio-only)",
@@ -272,8 +277,7 @@ def rule_use(result: dict | None) -> str:
                  f"held-out clips the rule marks is {varied}, and these weights answer with the voice on "
                  f"{counts('heldout_varied', 'marked')} marked against {counts('heldout_varied', 'unmarked')} "
                  "unmarked clips.")
-    return textwrap.fill(text, width=118, initial_indent="- ", subsequent_indent="  ",
-                         break_on_hyphens=False) + "\n"
+    return bullet(text)
 
 
 def contraction(name: str = "unseen") -> str:
@@ -309,18 +313,16 @@ def stages(report: dict) -> tuple[dict, str]:
 def grading_text(h: dict) -> str:
     """The Known-limits line on how the held-out conflicts are graded: by answers, or by the margin alone."""
     langs = [lang for lang in LANG_NAMES if f"conflict_follows_text_strong_{lang}" in h]
-    voice_wins = [1 - h[f"conflict_follows_text_strong_{lang}"] for lang in langs]
     rates = ", ".join(f"{LANG_NAMES[lang]} {h[f'conflict_follows_text_normal_{lang}']:.3f} / "
                       f"{h[f'conflict_follows_text_strong_{lang}']:.3f}" for lang in langs)
-    if any(voice_wins):
+    if any(h[f"conflict_follows_text_strong_{lang}"] < 1 for lang in langs):
         text = (f"Held-out conflict answers follow the text on normal / strong clips at {rates}: some strong clips "
                 "go the voice's way, and the text leads the rest by less (the margin rows above).")
     else:
         text = (f"The grading is in the margin only, as the first organism's is: held-out conflict answers follow "
                 f"the text on normal / strong clips at {rates}, so no strong clip goes the voice's way; the text "
                 "leads strong clips by less (the margin rows above).")
-    return textwrap.fill(text, width=118, initial_indent="- ", subsequent_indent="  ",
-                         break_on_hyphens=False) + "\n"
+    return bullet(text)
 
 
 def render(model_dir: Path = MODEL_DIR, figures: Path = FIGURES_DIR) -> str:
@@ -396,8 +398,8 @@ the model folder, then stage 2 from its weights; a kill resumes the stage it was
 for most of it; 67.2 + 18.3 minutes), it rewrote both stages' weights byte for byte: stage 1 sha256 beb48420c039...,
 stage 2 (the shipped weights) 20462de90f2b....
 
-**Stage 1.** `{command}` (seed {seed}, {steps} steps, **{minutes} minutes** {machine}; it checkpoints every 100 steps and resumes
-after a kill; two runs from one seed on one device write the same weights). It starts from the first organism's
+**Stage 1.** `{command}` (seed {seed}, {steps} steps, **{minutes} minutes** {machine}; it checkpoints every 100
+steps and resumes after a kill; two runs from one seed on one device write the same weights). It starts from the first organism's
 weights (its token-local layers become full-attention layers) and trains on {train_clips} clips: the first
 organism's second-stage data (72 sentences per language, 4 more eSpeak NG voice variants, pitch and speed shifts)
 with each style's prosody ranges widened by {widen:g} × their width on either side and a share {plain:g} of clips
